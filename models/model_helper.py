@@ -75,14 +75,22 @@ class ModelHelper(nn.Module):
                 child.train(mode)
         return self
 
-    def forward(self, input: dict, start: str | None = None) -> dict:
-        """Run the children in order (from ``start`` when given, e.g. ``"reconstruction"`` to feed
-        cached ``feature_align``) and return the batch dict with their outputs added."""
+    def forward(self, input: dict, start: str | None = None, end: str | None = None) -> dict:
+        """Run the children in order and return the batch dict with their outputs added.
+
+        ``start``: first child to run (e.g. ``"reconstruction"`` to feed cached ``feature_align``);
+        ``end``: first child *not* to run (e.g. ``"reconstruction"`` to compute features only).
+        """
         device = self.device
         out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in input.items()}
-        if start is not None and start not in self.order:
-            raise ValueError(f"start='{start}' is not a child of the model ({self.order})")
-        names = self.order if start is None else self.order[self.order.index(start):]
-        for name in names:
+        for name in self._span(start, end):
             out.update(getattr(self, name)(out))
         return out
+
+    def _span(self, start: str | None, end: str | None) -> list[str]:
+        for name in (start, end):
+            if name is not None and name not in self.order:
+                raise ValueError(f"'{name}' is not a child of the model ({self.order})")
+        lo = 0 if start is None else self.order.index(start)
+        hi = len(self.order) if end is None else self.order.index(end)
+        return self.order[lo:hi]
