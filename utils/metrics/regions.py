@@ -16,13 +16,15 @@ def label_regions(defect: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         defect: bool [N,H,W], True = defective pixel.
     Returns:
         (region_ids uint32 [N,H,W]: 0 outside any region, 1..R inside (unique over the stack),
-         sizes int64 [R+1]: pixel count of each id, sizes[0] = normal pixels).
+         sizes int64 [R+1]: pixel count of each region id; sizes[0] is 0, not the normal pixels).
     """
     if defect.ndim != 3:
         raise ValueError(f"label_regions expects a bool [N,H,W] stack, got shape {defect.shape}")
-    ids, count = ndimage.label(defect, structure=_PLANAR_8)
-    ids = ids.astype(np.uint32, copy=False)
-    sizes = np.bincount(ids.ravel(), minlength=count + 1)
+    ids = np.zeros(defect.shape, dtype=np.uint32)
+    with_defect = np.flatnonzero(defect.reshape(len(defect), -1).any(axis=1))
+    labelled, count = ndimage.label(defect[with_defect], structure=_PLANAR_8)  # normal images: no regions
+    ids[with_defect] = labelled
+    sizes = np.bincount(labelled[labelled > 0], minlength=count + 1)
     return ids, sizes
 
 
