@@ -9,7 +9,6 @@ import torch
 from easydict import EasyDict
 from torch import nn
 
-import utils.checkpoint as ckpt_mod
 from utils.checkpoint import (CHECKPOINT_VERSION, copy_checkpoint, load_checkpoint, load_model_state,
                               make_checkpoint, restore_training_state, save_checkpoint, to_plain)
 from utils.lr_helper import build_scheduler

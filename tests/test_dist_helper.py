@@ -84,7 +84,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     info = dh.init_distributed(device="cpu")
     mean = dh.all_reduce_mean(torch.tensor([float(rank), 10.0 * rank]))
     # variable size per rank: rank r contributes r + 1 rows
-    arrays = {"pred": np.full((rank + 1, 2), rank, dtype=np.float32), "names": [f"r{rank}_{i}" for i in range(rank + 1)]}
+    arrays = {"pred": np.full((rank + 1, 2), rank, dtype=np.float32),
+              "names": [f"r{rank}_{i}" for i in range(rank + 1)]}
     gathered = dh.gather_arrays(arrays)
     objects = dh.all_gather_object({"rank": rank})
     dh.barrier()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.misc_helper import (AverageMeter, create_logger, format_eta, set_random_seed, to_device,
+from utils.misc_helper import (AverageMeter, BestTracker, create_logger, format_eta, set_random_seed, to_device,
                                train_log_line)
 
 LINE_RE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[\s*test_misc_helper.py\]\[line:\s*\d+\]"
@@ -76,3 +76,15 @@ def test_to_device_moves_tensors_only():
     moved = to_device(batch, torch.device("meta"))
     assert moved["image"].device.type == "meta" and moved["features"][0].device.type == "meta"
     assert moved["clsname"] == ["bottle"] and batch["image"].device.type == "cpu"
+
+
+def test_best_tracker_ties_nan_patience_and_state():
+    tracker = BestTracker(patience=2)
+    assert tracker.update(0.5, 10) and tracker.update(0.5, 20)  # ties refresh the best (original >=)
+    assert tracker.best_epoch == 20
+    assert not tracker.update(float("nan"), 30) and not tracker.should_stop
+    assert not tracker.update(0.4, 40) and tracker.should_stop
+    restored = BestTracker(patience=2)
+    restored.load_state_dict(tracker.state_dict())
+    assert restored.state_dict() == {"best_metric": 0.5, "best_epoch": 20, "early_stop_counter": 2}
+    assert restored.should_stop and not BestTracker(0).should_stop

@@ -244,3 +244,10 @@ def test_scheduler_config_errors():
     with pytest.raises(ValueError, match="warmup"):
         EpochLR(_opt(), "StepLR", {"step_size": 2}, warmup_epochs=-1)
     assert math.isclose(EpochLR(_opt(), "StepLR", {"step_size": 2}).lr_at(1.0, 3), 0.1)
+
+
+def test_missing_types_are_clear_errors():
+    with pytest.raises(ValueError, match="trainer.optimizer needs a 'type'"):
+        build_optimizer({"kwargs": {"lr": 1e-3}}, _Net(), ["reconstruction"])
+    with pytest.raises(ValueError, match="trainer.lr_scheduler needs a 'type'"):
+        build_scheduler(None, _opt())

@@ -49,10 +49,12 @@ _PLAIN_LEAVES = (str, int, float, bool, type(None), torch.Tensor, torch.Size, to
 
 # ---------------------------------------------------------------------------------- plain data
 def to_plain(obj: Any) -> Any:
-    """Recursively turn mappings (EasyDict, OrderedDict) into dicts, tuples stay tuples, lists
-    lists, numpy scalars/arrays into Python numbers/lists and paths into strings."""
+    """Recursively turn mappings (EasyDict, OrderedDict) into dicts (keys other than str/int become
+    str), tuples stay tuples, lists lists, numpy scalars/arrays into Python numbers/lists and
+    paths into strings."""
     if isinstance(obj, Mapping):
-        return {str(key): to_plain(value) for key, value in obj.items()}
+        return {key if isinstance(key, (str, int)) else str(key): to_plain(value)
+                for key, value in obj.items()}
     if isinstance(obj, tuple):
         return tuple(to_plain(value) for value in obj)
     if isinstance(obj, list):

@@ -106,7 +106,9 @@ def _checked_warmup(warmup_epochs: int) -> int:
 def build_scheduler(sched_cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer,
                     warmup_epochs: int = 0) -> torch_sched.LRScheduler:
     """The epoch scheduler for ``trainer.lr_scheduler`` = ``{type, kwargs}``; step it per epoch."""
-    type_path = sched_cfg.get("type")
+    if not sched_cfg or not sched_cfg.get("type"):
+        raise ValueError(f"trainer.lr_scheduler needs a 'type' (e.g. StepLR), got {sched_cfg!r}")
+    type_path = sched_cfg["type"]
     kwargs = dict(sched_cfg.get("kwargs") or {})
     kind = _closed_form_kind(resolve(type_path, DEFAULT_MODULES))
     if kind is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import random
 import sys
@@ -85,6 +86,48 @@ class AverageMeter:
         return self.sum / self.count if self.count else 0.0
 
 
+class BestTracker:
+    """Best key metric, the epoch it was reached and the early-stop counter.
+
+    ``update`` follows the original's rule for ``ckpt_best``: a value ``>=`` the best so far is
+    an improvement (ties refresh the best checkpoint). NaN never improves. The counter counts
+    validations since the last improvement; ``patience == 0`` disables early stopping.
+    ``state_dict()`` keys are the checkpoint's ``best_metric``, ``best_epoch``,
+    ``early_stop_counter``.
+    """
+
+    def __init__(self, patience: int = 0) -> None:
+        if patience < 0:
+            raise ValueError(f"trainer.early_stop_patience must be >= 0, got {patience}")
+        self.patience = patience
+        self.best_metric: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.early_stop_counter = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record a validation result after ``epoch`` epochs; True when it is the new best."""
+        value = float(value)
+        improved = not math.isnan(value) and (self.best_metric is None or value >= self.best_metric)
+        if improved:
+            self.best_metric, self.best_epoch, self.early_stop_counter = value, epoch, 0
+        else:
+            self.early_stop_counter += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.early_stop_counter >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                "early_stop_counter": self.early_stop_counter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_metric = state.get("best_metric")
+        self.best_epoch = state.get("best_epoch")
+        self.early_stop_counter = int(state.get("early_stop_counter") or 0)
+
+
 # ---------------------------------------------------------------------------------------- seeding
 def set_random_seed(seed: int, reproduce: bool = False) -> None:
     """Seed every generator exactly as the original: numpy s, torch s**2, cuda s**3, random s**4.
@@ -155,6 +198,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
         return batch.to(device, non_blocking=device.type == "cuda")
     if isinstance(batch, dict):
         return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(value, device) for value in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(value, device) for value in batch)
     return batch

@@ -37,6 +37,8 @@ def build_optimizer(optim_cfg: Mapping[str, Any], model: nn.Module,
     ``foreach`` implementation is chosen unless the kwargs choose one (``fused`` is faster but not
     bit-identical, so it is opt-in).
     """
+    if not optim_cfg or not optim_cfg.get("type"):
+        raise ValueError(f"trainer.optimizer needs a 'type' (e.g. AdamW), got {optim_cfg!r}")
     named = trainable_parameters(unwrap_model(model), trainable_names)
     kwargs = dict(optim_cfg.get("kwargs") or {})
     entries = optim_cfg.get("param_groups") or []
@@ -44,7 +46,7 @@ def build_optimizer(optim_cfg: Mapping[str, Any], model: nn.Module,
         groups = _custom_groups(named, entries, kwargs)
     else:
         groups = _child_groups(named, trainable_names)
-    type_path = optim_cfg.get("type")
+    type_path = optim_cfg["type"]
     extra = _fast_impl(resolve(type_path, DEFAULT_MODULES), kwargs, groups)
     return instantiate(type_path, kwargs, DEFAULT_MODULES, where="trainer.optimizer",
                        params=groups, **extra)
