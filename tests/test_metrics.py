@@ -7,10 +7,14 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from tools.benchmark import main as benchmark_cli
+from utils.bench_metrics import run_benchmark, write_doc_section
 from utils.eval_helper import log_metrics, performances
+from utils.metrics.curves import threshold_curve
 from utils.metrics.image_scores import image_scores
 from utils.metrics.regions import label_regions
 from utils.metrics.sort_keys import descending_keys32, descending_keys64, exact_float32
+from utils.metrics.summaries import auroc, average_precision, f1_max
 
 ALL_NAMES = [{"name": "mean"}, {"name": "std"}, {"name": "max", "kwargs": {"avgpool_size": [3, 3]}},
              {"name": "pixel"}]
@@ -263,3 +267,37 @@ def test_log_metrics_table_order(caplog):
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["bottle", "metal_nut", "zipper", "mean"]
     assert f"{metrics['metal_nut_pixel_auc']:g}" in lines[3]
     assert table in caplog.text and caplog.records[-1].name == "test.metrics.table"
+
+
+def test_benchmark_small_run_matches_sklearn():
+    result = run_benchmark(n=24, size=32, classes=3, seed=1)
+    assert result["max_auroc_diff"] < 1e-9
+    assert result["pixels"] == 24 * 32 * 32 and result["n_metrics"] == (3 + 1) * 13
+    assert result["ratio"] == pytest.approx(result["suite_s"] / result["sklearn_s"])
+
+
+def test_doc_section_is_replaced_in_place(tmp_path):
+    doc = tmp_path / "PERFORMANCE.md"
+    doc.write_text("# Performance\n\n<!-- train:begin -->\ntrain numbers\n<!-- train:end -->\n")
+    write_doc_section(doc, "metrics", "first")
+    write_doc_section(doc, "metrics", "second")
+    text = doc.read_text()
+    assert "train numbers" in text and "second" in text and "first" not in text
+    assert text.count("<!-- metrics:begin -->") == 1 and text.index("train") < text.index("metrics")
+
+
+def test_benchmark_cli_writes_its_section(tmp_path, capsys):
+    doc = tmp_path / "perf.md"
+    code = benchmark_cli(["metrics", "--n", "12", "--size", "24", "--classes", "2", "--doc", str(doc)])
+    section = doc.read_text()
+    ratio = float(section.split("ratio suite / sklearn (must be <= 1) | **")[1].split("**")[0])
+    assert code == (0 if ratio <= 1.0 else 1)
+    assert "tools/benchmark.py metrics --n 12 --size 24 --classes 2 --seed 0" in section
+    assert "CPUs" in section and "numpy" in section and "suite" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("labels", [[1, 1, 1], [0, 0, 0]])
+def test_curve_without_positives_or_negatives_is_nan(labels):
+    curve = threshold_curve(np.array([0.2, 0.5, 0.5], dtype=np.float32), np.array(labels))
+    assert (curve.positives, curve.negatives) == (sum(labels), 3 - sum(labels))
+    assert all(np.isnan(f(curve)) for f in (auroc, average_precision, f1_max))

@@ -97,7 +97,9 @@ def machine_info() -> str:
     """One line: platform, CPU count and the numeric library versions."""
     versions = ", ".join(f"{pkg} {importlib.metadata.version(pkg)}"
                          for pkg in ("numpy", "scikit-learn", "scipy", "torch"))
-    return f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {versions}"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())  # shared machines: say how busy it was
+    return (f"{platform.platform()}, {os.cpu_count()} CPUs (load average {load}), "
+            f"Python {platform.python_version()}, {versions}")
 
 
 def to_markdown(result: dict, command: str) -> str:

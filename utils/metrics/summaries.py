@@ -29,8 +29,9 @@ def average_precision(curve: ThresholdCurve) -> float:
     if not _defined(curve):
         return float("nan")
     d_tp = np.diff(curve.tps, prepend=0)
-    precision = curve.tps / (curve.tps + curve.fps)
-    return float(np.dot(d_tp, precision) / curve.positives)
+    gains = d_tp > 0  # only points that add positives weigh (and these never divide by 0)
+    precision = curve.tps[gains] / (curve.tps[gains] + curve.fps[gains])
+    return float(np.dot(d_tp[gains], precision) / curve.positives)
 
 
 def f1_max(curve: ThresholdCurve) -> float:
