@@ -7,6 +7,7 @@ Differences from the original, on purpose:
   depends only on (seed, epoch) and a resumed run replays it exactly; the caller calls `set_epoch(epoch)`;
 - evaluation uses `ShardSampler`: each test image on exactly one rank, no padding, in file order.
 """
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import Normalize
@@ -36,8 +37,8 @@ def build_dataloader(cfg_dataset, distributed, *, seed=0, pin_memory=False):
             sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                                          seed=seed, drop_last=False)
         else:
-            sampler = ShardSampler(len(dataset), num_replicas, rank)
-        loaders.append(_loader(dataset, sampler, cfg, pin_memory))
+            sampler = ShardSampler(len(dataset), num_replicas, rank, int(cfg.get("batch_size", 1)))
+        loaders.append(_loader(dataset, sampler, cfg, pin_memory, seed))
     return tuple(loaders)
 
 
@@ -51,12 +52,17 @@ def _world(distributed):
     return dist.get_world_size(), dist.get_rank()
 
 
-def _loader(dataset, sampler, cfg, pin_memory):
+def _loader(dataset, sampler, cfg, pin_memory, seed):
     if "batch_size" not in cfg:
         raise KeyError("dataset.batch_size is missing (images per process and step)")
     workers = int(cfg.get("workers", 0))
+    # A private generator: the loader draws its worker seeds from it, not from the global torch RNG,
+    # so the model's random stream (jitter, dropout) does not depend on how often a loader is iterated
+    # (the feature cache skips the image loader after the first epoch; a resume starts a new iterator).
+    generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(dataset, batch_size=int(cfg["batch_size"]), sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, persistent_workers=workers > 0, drop_last=False)
+                      pin_memory=pin_memory, persistent_workers=workers > 0, drop_last=False,
+                      generator=generator)
 
 
 def _require(cfg, key, split):

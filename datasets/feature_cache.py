@@ -94,7 +94,8 @@ def cache_disabled_reason(cfg, model: nn.Module, start: str) -> Optional[str]:
     if start not in model.order:
         return f"the model has no '{start}' module"
     upstream = model.order[:model.order.index(start)]
-    unfrozen = [n for n in upstream if n not in model.frozen_layers]
+    # A module that is not frozen but has no parameters or buffers (the MFCN neck) is a fixed function.
+    unfrozen = [n for n in upstream if n not in model.frozen_layers and _has_state(getattr(model, n))]
     if unfrozen:
         return f"module(s) {unfrozen} before the reconstruction are trained"
     train = cfg.dataset.get("train") or {}
@@ -104,6 +105,10 @@ def cache_disabled_reason(cfg, model: nn.Module, start: str) -> Optional[str]:
     if augs:
         return f"training augmentation ({', '.join(augs)}) changes the images every epoch"
     return None
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
 def _available_bytes(device: torch.device) -> int:

@@ -24,7 +24,8 @@ from utils.engine import EpochPlan, train_one_epoch  # noqa: E402
 from utils.lr_helper import build_scheduler  # noqa: E402
 from utils.misc_helper import create_logger, set_random_seed  # noqa: E402
 from utils.optimizer_helper import build_optimizer  # noqa: E402
-from utils.run_state import BestTracker, load_weights, resume_if_any, save_epoch  # noqa: E402
+from utils.misc_helper import BestTracker  # noqa: E402
+from utils.run_state import load_weights, record_validation, resume_if_any, save_epoch  # noqa: E402
 from utils.validation import log_summary, open_writer, validate_and_report  # noqa: E402
 
 
@@ -34,18 +35,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("-e", "--evaluate", action="store_true", help="evaluate saver.load_path and exit")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. trainer.max_epoch=2 net.backbone.kwargs.pretrained=False")
-    # torch.distributed.launch passes --local-rank (torch >= 2) or --local_rank (older); torchrun sets LOCAL_RANK.
-    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    dist_helper.add_launcher_args(parser)  # --local-rank / --local_rank of torch.distributed.launch
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.opts)
-    dist = dist_helper.init_distributed(cfg.get("port"))
+    dist = dist_helper.init_distributed(cfg.get("port"), device=cfg.get("device"), local_rank=args.local_rank)
     set_random_seed(cfg.random_seed, cfg.get("reproduce", False))
     log_dir = cfg.saver.log_dir
     logger = create_logger("uniad", os.path.join(log_dir, "train.log"), dist.rank)
@@ -56,7 +53,7 @@ def main(argv=None) -> int:
     train_loader, val_loader = build_dataloader(cfg.dataset, dist.distributed, seed=cfg.random_seed,
                                                 pin_memory=dist.device.type == "cuda")
     model = ModelHelper(cfg.net).to(dist.device)
-    ddp_model = dist_helper.wrap_ddp(model, dist)
+    ddp_model = dist_helper.wrap_model(model, dist)
     criterion = build_criterion(cfg.criterion)
     writer = open_writer(log_dir, dist.rank)
 
@@ -70,7 +67,8 @@ def main(argv=None) -> int:
     trainer = cfg.trainer
     optimizer = build_optimizer(trainer.optimizer, model, model.trainable_names)
     scheduler = build_scheduler(trainer.lr_scheduler, optimizer, trainer.get("warmup_epochs", 0))
-    tracker = BestTracker(cfg.evaluator.key_metric, trainer.get("early_stop_patience"))
+    key_metric = cfg.evaluator.key_metric
+    tracker = BestTracker(trainer.get("early_stop_patience") or 0)
     start_epoch = resume_if_any(cfg, model, optimizer, scheduler, tracker, logger)
     train_iter, val_iter, model_start = cached_loaders(cfg, model, train_loader, val_loader, dist, logger)
 
@@ -82,16 +80,16 @@ def main(argv=None) -> int:
                          run_start, model_start)
         train_one_epoch(ddp_model, train_iter, criterion, optimizer, plan, logger, writer)
         scheduler.step()
-        metrics = None
+        metrics, is_best = None, False
         if (epoch + 1) % trainer.val_freq_epoch == 0 or epoch + 1 == trainer.max_epoch:
             metrics = validate_and_report(cfg, model, val_iter, criterion, epoch + 1, writer, logger,
                                           model_start=model_start)
-            tracker.update(metrics, epoch + 1)
-        save_epoch(cfg, epoch + 1, model, optimizer, scheduler, tracker, metrics, dist.rank)
-        if tracker.should_stop():
-            logger.info("early stop: %s did not improve for %d validations", tracker.key, tracker.patience)
+            is_best = record_validation(tracker, key_metric, metrics, epoch + 1)
+        save_epoch(cfg, epoch + 1, model, optimizer, scheduler, tracker, metrics, dist.rank, is_best)
+        if tracker.should_stop:
+            logger.info("early stop: %s did not improve for %d validations", key_metric, tracker.patience)
             break
-    log_summary(logger, tracker, time.time() - run_start)
+    log_summary(logger, key_metric, tracker, time.time() - run_start)
     dist_helper.cleanup()
     return 0
 

@@ -255,15 +255,6 @@ def resolve_paths(cfg: dict, base: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 
-def to_plain(obj: Any) -> Any:
-    """EasyDict / tuples -> plain dicts and lists (for checkpoints and YAML dumps)."""
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
 def load_config(path: str, opts: Sequence[str] = (), derive: bool = True) -> EasyDict:
     """Read, override, validate, derive and resolve a config.
 
@@ -284,6 +275,8 @@ def load_config(path: str, opts: Sequence[str] = (), derive: bool = True) -> Eas
 
 def dump_config(cfg: dict, path: str) -> None:
     """Write the config a run actually used (plain YAML) next to its logs."""
+    from utils.checkpoint import to_plain  # torch is not needed to read a config, only here
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(to_plain(cfg), f, sort_keys=False)

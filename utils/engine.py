@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from utils import dist_helper
-from utils.misc_helper import AverageMeter, format_eta, train_log_line
+from utils.misc_helper import AverageMeter, train_log_line
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,12 +47,13 @@ def _check_finite(loss_value: float, plan: EpochPlan, it: int) -> None:
             "lower trainer.optimizer.kwargs.lr or check the data; the last good checkpoint is kept")
 
 
-def _eta(plan: EpochPlan, it: int, iters: int, batch_avg: float) -> str:
+def _eta(plan: EpochPlan, it: int, iters: int, batch_avg: float) -> float:
+    """Seconds left in the run, from the mean iteration time since this process started."""
     done = (plan.epoch - plan.start_epoch) * iters + it + 1
     left = (plan.max_epoch - plan.epoch) * iters - it - 1
     elapsed = time.time() - plan.run_start
     per_iter = elapsed / max(done, 1) if done > 3 else batch_avg
-    return format_eta(per_iter * max(left, 0))
+    return per_iter * max(left, 0)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[dict], criterion: Callable[[dict], dict],

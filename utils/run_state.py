@@ -2,60 +2,32 @@
 
 Checkpoint dict (``checkpoints/ckpt.pth.tar``, written every epoch, atomically):
 ``epoch`` (epochs completed), ``state_dict`` (unwrapped model), ``optimizer``, ``lr_scheduler``,
-``best_metric``, ``best_epoch``, ``key_metric``, ``early_stop_counter``, ``metrics`` (last validation
-or None), ``thresholds`` (or None), ``config`` (plain dict), ``rng`` (this process's RNG states) and
-``rng_per_rank`` (every rank's, so a multi-process resume is exact too). Everything is a tensor or a
+``best_metric``, ``best_epoch``, ``early_stop_counter``, ``metrics`` (last validation or None),
+``thresholds`` (or None), ``config`` (plain dict), ``rng`` (rank 0's RNG states), ``version``
+(``utils.checkpoint.make_checkpoint``) and ``rng_per_rank`` (every rank's, so that a multi-process
+resume is exact too). Everything is a tensor or a
 plain type, so it loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Optional
 
-import torch
 from torch import nn
 
 from utils import dist_helper
-from utils.checkpoint import copy_checkpoint, load_checkpoint, load_model_state, save_checkpoint
-from utils.config_helper import to_plain
-from utils.misc_helper import capture_rng_state, restore_rng_state
+from utils.checkpoint import (copy_checkpoint, load_checkpoint, load_model_state, make_checkpoint,
+                              restore_training_state, save_checkpoint)
+from utils.misc_helper import BestTracker, capture_rng_state, restore_rng_state
 
 
-class BestTracker:
-    """Follows ``evaluator.key_metric``: the best value, its epoch, and the early-stop counter."""
-
-    def __init__(self, key: str, patience: Optional[int] = None):
-        self.key, self.patience = key, patience
-        self.best: Optional[float] = None
-        self.best_epoch: Optional[int] = None
-        self.counter = 0
-        self.last_is_best = False
-
-    def update(self, metrics: dict, epoch: int) -> bool:
-        """Record one validation; return True when it is the best so far (ties count, as in the original)."""
-        if self.key not in metrics:
-            raise KeyError(f"evaluator.key_metric '{self.key}' is not among the computed metrics: "
-                           f"{', '.join(sorted(metrics))}")
-        value = float(metrics[self.key])
-        self.last_is_best = not math.isnan(value) and (self.best is None or value >= self.best)
-        if self.last_is_best:
-            self.best, self.best_epoch, self.counter = value, epoch, 0
-        else:
-            self.counter += 1
-        return self.last_is_best
-
-    def should_stop(self) -> bool:
-        return bool(self.patience) and self.counter >= self.patience
-
-    def state_dict(self) -> dict:
-        return {"best_metric": self.best, "best_epoch": self.best_epoch, "key_metric": self.key,
-                "early_stop_counter": self.counter}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch = state.get("best_metric"), state.get("best_epoch")
-        self.counter = int(state.get("early_stop_counter") or 0)
+def record_validation(tracker: BestTracker, key: str, metrics: dict, epoch: int) -> bool:
+    """Feed ``metrics[key]`` to the tracker; a key the evaluator did not compute is an error."""
+    if key not in metrics:
+        raise KeyError(f"evaluator.key_metric '{key}' is not among the computed metrics: "
+                       f"{', '.join(sorted(metrics))}")
+    return tracker.update(metrics[key], epoch)
 
 
 def checkpoint_paths(cfg) -> dict:
@@ -65,26 +37,22 @@ def checkpoint_paths(cfg) -> dict:
 
 
 def save_epoch(cfg, epoch: int, model: nn.Module, optimizer, scheduler, tracker: BestTracker,
-               metrics: Optional[dict], rank: int, thresholds: Optional[dict] = None) -> None:
+               metrics: Optional[dict], rank: int, is_best: bool = False,
+               thresholds: Optional[dict] = None) -> None:
     """Write the latest checkpoint (every epoch), the best one and ``ckpt_<epoch>`` when due."""
     rng_per_rank = dist_helper.all_gather_object(capture_rng_state())
     if rank != 0:
         return
-    state = {"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "lr_scheduler": scheduler.state_dict(), **tracker.state_dict(),
-             "metrics": _plain_metrics(metrics), "thresholds": thresholds, "config": to_plain(cfg),
-             "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank}
+    state = make_checkpoint(epoch=epoch, model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                            config=cfg, metrics=metrics, thresholds=thresholds, **tracker.state_dict())
+    state["rng_per_rank"] = rng_per_rank
     paths = checkpoint_paths(cfg)
     os.makedirs(paths["dir"], exist_ok=True)
     save_checkpoint(state, paths["latest"])
-    if metrics is not None and tracker.last_is_best:
+    if metrics is not None and is_best:
         copy_checkpoint(paths["latest"], paths["best"])
     if metrics is not None and cfg.saver.get("always_save", False):
         copy_checkpoint(paths["latest"], os.path.join(paths["dir"], f"ckpt_{epoch}.pth.tar"))
-
-
-def _plain_metrics(metrics: Optional[dict]) -> Optional[dict]:
-    return None if metrics is None else {k: float(v) for k, v in metrics.items()}
 
 
 def resume_if_any(cfg, model: nn.Module, optimizer, scheduler, tracker: BestTracker,
@@ -109,24 +77,22 @@ def resume_if_any(cfg, model: nn.Module, optimizer, scheduler, tracker: BestTrac
 
 def _resume(path: str, model, optimizer, scheduler, tracker: BestTracker, logger) -> int:
     ckpt = load_checkpoint(path)
-    load_model_state(model, ckpt["state_dict"], strict=True)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["lr_scheduler"])
-    tracker.load_state_dict(ckpt)
+    progress = restore_training_state(ckpt, model, optimizer, scheduler, source=path)
+    tracker.load_state_dict(progress)
     _restore_rng(ckpt, logger)
-    logger.info("resumed from %s: %d epoch(s) done, best %s = %s", path, ckpt["epoch"], tracker.key, tracker.best)
-    return int(ckpt["epoch"])
+    logger.info("resumed from %s: %d epoch(s) done, best metric %s", path, progress["epoch"],
+                progress["best_metric"])
+    return int(progress["epoch"])
 
 
 def _restore_rng(ckpt: dict, logger: logging.Logger) -> None:
     per_rank, rank = ckpt.get("rng_per_rank") or [], dist_helper.get_rank()
     if rank < len(per_rank) and len(per_rank) == dist_helper.get_world_size():
         restore_rng_state(per_rank[rank])
-    elif ckpt.get("rng") is not None:
+    else:
         logger.warning("the checkpoint was written by %d process(es), this run has %d: restoring rank 0's "
                        "RNG state on every rank (the run continues, but not bit-identically)",
                        len(per_rank), dist_helper.get_world_size())
-        restore_rng_state(ckpt["rng"])
 
 
 def load_weights(path: Optional[str], model: nn.Module, logger: logging.Logger, required: bool) -> Optional[dict]:
@@ -137,7 +103,7 @@ def load_weights(path: Optional[str], model: nn.Module, logger: logging.Logger, 
                                     "--opts saver.load_path=/path/to/ckpt.pth.tar")
         return None
     ckpt = load_checkpoint(path)
-    load_model_state(model, ckpt["state_dict"] if "state_dict" in ckpt else ckpt, strict=True)
+    load_model_state(model, ckpt["state_dict"] if "state_dict" in ckpt else ckpt, strict=True, source=path)
     logger.info("loaded weights from %s", path)
     return ckpt
 

@@ -108,6 +108,6 @@ def _visualize(cfg, results: EvalResults, logger: logging.Logger) -> None:
             logger.info("heat maps (%s) written under %s", key, save_root)
 
 
-def log_summary(logger: logging.Logger, tracker, seconds: float) -> None:
-    logger.info("done in %s: best %s = %s at epoch %s", format_eta(seconds), tracker.key,
-                "n/a" if tracker.best is None else f"{tracker.best:.6f}", tracker.best_epoch)
+def log_summary(logger: logging.Logger, key_metric: str, tracker, seconds: float) -> None:
+    best = "n/a" if tracker.best_metric is None else f"{tracker.best_metric:.6f}"
+    logger.info("done in %s: best %s = %s at epoch %s", format_eta(seconds), key_metric, best, tracker.best_epoch)
