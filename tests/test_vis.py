@@ -104,13 +104,23 @@ def test_mismatched_inputs_raise(tmp_path, case):
         visualize_compound(fileinfos[:2], preds, masks, {"save_dir": "v"}, read_image, tmp_path)
 
 
-@pytest.mark.parametrize("layout", ["bhwc", "bchw"])
+@pytest.mark.parametrize("layout", ["bhwc", "bchw", "list"])
 def test_heatmap_grid(layout):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (6, 8, 10, 3), dtype=np.uint8)
-    preds = rng.random((6, 1, 4, 5)).astype(np.float32)
-    grid = heatmap_grid(images if layout == "bhwc" else images.transpose(0, 3, 1, 2), preds, n=4)
+    preds = rng.random((6, 1, 8, 10)).astype(np.float32)
+    given = {"bhwc": images, "bchw": images.transpose(0, 3, 1, 2), "list": list(images)}[layout]
+    grid = heatmap_grid(given, preds, n=4)
     assert grid.shape == (3, 16, 40) and grid.dtype == np.uint8
     assert (grid[:, :8, 10:20] == images[1].transpose(2, 0, 1)).all()  # top row: the images
+    expected = apply_ad_scoremap(images[1], normalize(preds[1, 0]))
+    assert (grid[:, 8:, 10:20] == expected.transpose(2, 0, 1)).all()   # bottom row: the overlays
     with pytest.raises(ValueError, match="uint8"):
         heatmap_grid(images.astype(np.float32), preds)
+
+
+def test_heatmap_grid_images_of_different_sizes():
+    images = [np.full((30, 40, 3), 10, np.uint8), np.full((50, 50, 3), 200, np.uint8)]
+    grid = heatmap_grid(images, np.zeros((2, 16, 16), np.float32))
+    assert grid.shape == (3, 32, 32)
+    assert (grid[:, :16, :16] == 10).all() and (grid[:, :16, 16:] == 200).all()

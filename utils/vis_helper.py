@@ -140,18 +140,32 @@ def visualize_single(fileinfos, preds, masks, cfg_vis, read_image, save_root=Non
     return paths
 
 
+def _as_rgb_list(images) -> list[np.ndarray]:
+    """uint8 RGB images as a list of [H,W,3]: from a list (any sizes), [B,H,W,3] or [B,3,H,W]."""
+    if not isinstance(images, (list, tuple)):
+        images = np.asarray(images)
+        if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+            images = images.transpose(0, 2, 3, 1)
+    images = [np.asarray(image) for image in images]
+    for image in images:
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"heatmap_grid: images must be uint8 [H,W,3], got {image.dtype} {image.shape}")
+    return images
+
+
 def heatmap_grid(images_uint8, preds, n: int = 4) -> np.ndarray:
     """CHW uint8 grid for TensorBoard: top row the first ``n`` images, bottom row their self-normalised
-    overlays. images_uint8: [B,H,W,3] (or [B,3,H,W]) uint8 RGB; preds: [B,h,w] or [B,1,h,w]."""
-    images = np.asarray(images_uint8)
-    if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
-        images = images.transpose(0, 2, 3, 1)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"heatmap_grid: images must be uint8 [B,H,W,3], got {images.dtype} {images.shape}")
-    preds = np.asarray(preds)
+    overlays, every tile at the maps' resolution.
+
+    images_uint8: uint8 RGB, a list of [H,W,3] (sizes may differ), [B,H,W,3] or [B,3,H,W];
+    preds: [B,h,w] or [B,1,h,w] anomaly maps. Returns [3, 2h, min(n,B)*w].
+    """
+    images = _as_rgb_list(images_uint8)
+    preds = np.asarray(preds, dtype=np.float32)
     preds = preds[:, 0] if preds.ndim == 4 else preds
     count = min(n, len(images), len(preds))
-    overlays = [apply_ad_scoremap(images[i], normalize(_resize(preds[i].astype(np.float32), images.shape[1:3])))
-                for i in range(count)]
-    grid = np.vstack([np.hstack(list(images[:count])), np.hstack(overlays)])
+    tiles = [cv2.resize(images[i], (preds.shape[2], preds.shape[1]), interpolation=cv2.INTER_AREA)
+             for i in range(count)]
+    overlays = [apply_ad_scoremap(tiles[i], normalize(preds[i])) for i in range(count)]
+    grid = np.vstack([np.hstack(tiles), np.hstack(overlays)])
     return np.ascontiguousarray(grid.transpose(2, 0, 1))
