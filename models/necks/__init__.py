@@ -1,0 +1,3 @@
+from models.necks.mfcn import MFCN
+
+__all__ = ["MFCN"]

@@ -1,0 +1,3 @@
+from models.reconstructions.uniad import UniAD
+
+__all__ = ["UniAD"]

@@ -1,0 +1,127 @@
+"""Fast exact multi-head attention with `nn.MultiheadAttention`'s parameters, and a fast CPU dropout.
+
+`FastMultiheadAttention` holds exactly the parameters of `nn.MultiheadAttention(E, h, dropout)`
+(`in_proj_weight` [3E, E] packing Q, K, V rows, `in_proj_bias` [3E], `out_proj` an `nn.Linear(E, E)`),
+registered and initialised in the same order, so state_dicts load both ways and a seeded
+construction draws the same numbers. It works batch-first and is specialised for the DETR pattern
+"positional embedding added to queries and keys, never to values":
+
+    Q = (q_src + pos) W_q + b_q,   K = (kv_src + pos) W_k + b_k,   V = kv_src W_v + b_v.
+
+Batch-independent work is done once per call: a query source shared by the whole batch ([L, E]) is
+projected once, and pos W is computed on [L, E] instead of being added to every sample before the
+projection. Attention runs in `F.scaled_dot_product_attention` (fused kernel), except for training
+with dropout on CPU where torch's fused path would fall back to its slow "math" path: there an
+explicit baddbmm + softmax + `dropout` is used, as `nn.MultiheadAttention` itself does.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def dropout(x, p, training):
+    """Inverted dropout with keep probability 1 - p; identical in distribution to `F.dropout`.
+
+    On CPU, `F.dropout` draws one Bernoulli per element through a serial generator loop, which costs
+    more than the matrix multiplies of this model. Here one 64-bit draw of the global CPU generator
+    gives two 32-bit words, and an element is kept when its word is above a threshold: the drop
+    probability is p rounded to a multiple of 2**-32 (finer than float32 uniforms). Seeding torch
+    makes it reproducible. Elsewhere (CUDA, ...) `F.dropout` is used as is.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    keep = _keep_mask(x.shape, p)
+    return x * torch.where(keep, 1.0 / (1.0 - p), 0.0).to(x.dtype)
+
+
+def _keep_mask(shape, p):
+    """Bool tensor of `shape`, each element True with probability 1 - round(p * 2**32) / 2**32."""
+    dropped_words = round(p * 2**32)
+    if dropped_words >= 2**32:  # the threshold would overflow int32: nothing is kept
+        return torch.zeros(shape, dtype=torch.bool)
+    numel = math.prod(shape)
+    words = torch.empty((numel + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
+    return (words.view(torch.int32)[:numel] >= dropped_words - 2**31).view(shape)
+
+
+class FastMultiheadAttention(nn.Module):
+    """Batch-first multi-head attention, state_dict-compatible with `nn.MultiheadAttention`.
+
+    forward_with_pos(q_src [B, L, E] or [L, E], kv_src [B, S, E], pos [L, E] (L == S),
+    attn_mask [L, S] additive float or None) -> [B, L, E]. `forward(query, key, value, attn_mask)`
+    is the plain (no positional embedding) batch-first form.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        # Same registration (and so state_dict) order and same RNG draws as nn.MultiheadAttention:
+        # out_proj's own Linear init, then xavier_uniform_ on the packed in-projection.
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query, key, value, attn_mask=None):
+        """nn.MultiheadAttention(batch_first=True)(query, key, value, attn_mask)[0], query may be [L, E]."""
+        q, k, v = self.in_proj_weight.chunk(3)
+        qb, kb, vb = self.in_proj_bias.chunk(3)
+        return self._attend(F.linear(query, q, qb), F.linear(key, k, kb), F.linear(value, v, vb), attn_mask)
+
+    def forward_with_pos(self, q_src, kv_src, pos, attn_mask=None):
+        """Attention with Q = (q_src + pos) W_q, K = (kv_src + pos) W_k, V = kv_src W_v (plus biases)."""
+        q, k, v = self._project_with_pos(q_src, kv_src, pos)
+        return self._attend(q, k, v, attn_mask)
+
+    def _project_with_pos(self, q_src, kv_src, pos):
+        e = self.embed_dim
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if q_src is kv_src:
+            # Self-attention: one GEMM for Q, K, V of the batch, pos W_{q,k} once for all samples.
+            qkv = F.linear(kv_src, w, b)
+            qk = qkv[..., : 2 * e] + F.linear(pos, w[: 2 * e])
+            return qk[..., :e], qk[..., e:], qkv[..., 2 * e :]
+        kv = F.linear(kv_src, w[e:], b[e:])
+        k = kv[..., :e] + F.linear(pos, w[e : 2 * e])
+        q = F.linear(q_src + pos, w[:e], b[:e])
+        return q, k, kv[..., e:]
+
+    def _attend(self, q, k, v, attn_mask):
+        """q [B, L, E] or [L, E], k/v [B, S, E] -> out_proj(softmax(q k^T / sqrt(d) + mask) v) [B, L, E]."""
+        batch, length = k.shape[0], q.shape[-2]
+        q = self._split_heads(q).expand(batch, -1, -1, -1)
+        k, v = self._split_heads(k), self._split_heads(v)
+        p = self.dropout if self.training else 0.0
+        if p > 0.0 and q.device.type == "cpu":
+            out = self._attend_explicit(q, k, v, attn_mask, p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+
+    def _split_heads(self, x):
+        """[..., N, E] -> [..., h, N, d] (a view)."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
+
+    def _attend_explicit(self, q, k, v, attn_mask, p):
+        """[B, h, L, d] inputs -> [B, h, L, d]; attention weights dropped out with probability p."""
+        batch, heads, length, head_dim = q.shape
+        q = (q * (1.0 / math.sqrt(head_dim))).reshape(batch * heads, length, head_dim)
+        k = k.reshape(batch * heads, -1, head_dim)
+        v = v.reshape(batch * heads, -1, head_dim)
+        if attn_mask is None:
+            scores = torch.bmm(q, k.transpose(1, 2))
+        else:
+            scores = torch.baddbmm(attn_mask, q, k.transpose(1, 2))
+        weights = dropout(scores.softmax(dim=-1), p, True)
+        return torch.bmm(weights, v).view(batch, heads, length, head_dim)
