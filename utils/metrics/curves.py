@@ -68,6 +68,14 @@ def _sort_pairs(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return halves[:, _HI], halves[:, _LO]
 
 
+def _run_ends(sorted_keys: np.ndarray) -> np.ndarray:
+    """Index of the last element of each run of equal keys."""
+    run_end = np.empty(len(sorted_keys), dtype=bool)
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=run_end[:-1])
+    run_end[-1:] = True
+    return np.flatnonzero(run_end)
+
+
 def _interleave(above: np.ndarray, at: np.ndarray, last) -> np.ndarray:
     """[above_0, at_0, above_1, at_1, ..., last]."""
     return np.append(np.column_stack((above, at)).ravel(), last)
@@ -89,10 +97,7 @@ def threshold_curve(scores: np.ndarray, ids: np.ndarray, weights: np.ndarray | N
     negative_keys = np.sort(keys[~positive])
     positive_keys, positive_ids = _sort_pairs(keys[positive], ids[positive])
     n_pos, n_neg = len(positive_keys), len(negative_keys)
-    run_end = np.empty(n_pos, dtype=bool)  # True at the last positive of each run of equal scores
-    np.not_equal(positive_keys[1:], positive_keys[:-1], out=run_end[:-1])
-    run_end[-1:] = True
-    ends = np.flatnonzero(run_end)
+    ends = _run_ends(positive_keys)
     run_keys = positive_keys[ends]
     tps_at = ends + 1
     tps_above = np.concatenate(([0], tps_at))[:-1]
