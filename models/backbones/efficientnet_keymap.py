@@ -50,7 +50,11 @@ def infer_stage_depths(state_dict: StateDict) -> list[int]:
 
     Holds for every EfficientNet B0-B8 / Lite, whose consecutive stages all differ in width.
     """
-    widths = [state_dict[f"_blocks.{i}._project_conv.weight"].shape[0] for i in range(_num_blocks(state_dict))]
+    keys = [f"_blocks.{i}._project_conv.weight" for i in range(_num_blocks(state_dict))]
+    missing = [k for k in keys if k not in state_dict]
+    if missing:
+        raise ValueError(f"cannot infer the stage depths: lukemelas state dict lacks {missing}")
+    widths = [state_dict[k].shape[0] for k in keys]
     depths = []
     for i, width in enumerate(widths):
         if i == 0 or width != widths[i - 1]:
