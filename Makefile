@@ -23,9 +23,16 @@ test: setup
 demo-data: setup
 	$(PY) tools/make_demo_data.py --out data/demo
 
+DEMO := experiments/demo
+
+# Train on the offline demo data, then evaluate the best checkpoint and draw the heat maps.
 demo: setup
 	test -f data/demo/train.json || $(PY) tools/make_demo_data.py --out data/demo
-	$(PY) tools/train_val.py --config experiments/demo/config.yaml
+	$(PY) tools/train_val.py --config $(DEMO)/config.yaml
+	$(PY) tools/train_val.py --config $(DEMO)/config.yaml -e --opts saver.load_path=checkpoints/ckpt_best.pth.tar
+	@echo "heat maps:   $(DEMO)/vis_compound/<class>/<defect>/"
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO)/log"
+	@echo "log:         $(DEMO)/log/train.log, metrics: $(DEMO)/log/metrics.jsonl"
 
 clean-demo:
 	rm -rf experiments/demo/checkpoints experiments/demo/log experiments/demo/vis_compound experiments/demo/result_eval_temp
