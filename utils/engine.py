@@ -12,6 +12,7 @@ from torch import nn
 
 from utils import dist_helper
 from utils.misc_helper import AverageMeter, train_log_line
+from utils.speed_switches import autocast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -30,6 +31,7 @@ class EpochPlan:
     start_epoch: int = 0       # first epoch of this process (the ETA counts from here)
     run_start: float = field(default_factory=time.time)
     model_start: Optional[str] = None   # ModelHelper child to start at (cached features)
+    amp: bool = False          # bf16 autocast around the forward (utils.speed_switches.resolve_amp)
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, clip: Optional[float]) -> None:
@@ -72,8 +74,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict], criterion: Callabl
     end = time.time()
     for it, batch in enumerate(loader):
         data_time.update(time.time() - end)
-        outputs = model(batch) if plan.model_start is None else model(batch, start=plan.model_start)
-        loss = sum(criterion(outputs).values())
+        with autocast(model, plan.amp):
+            outputs = model(batch) if plan.model_start is None else model(batch, start=plan.model_start)
+            loss = sum(criterion(outputs).values())
         reduced = dist_helper.all_reduce_mean(loss.detach()).item()
         _check_finite(reduced, plan, it)  # before any update, so the weights stay good
         (loss / plan.accumulate_steps).backward()
@@ -108,14 +111,16 @@ class EvalResults:
 
 @torch.no_grad()
 def run_evaluation(model: nn.Module, loader: Iterable[dict], criterion: Callable[[dict], dict],
-                   model_start: Optional[str] = None) -> EvalResults:
-    """Forward the test set in eval mode; gather every rank's shard (rank order = dataset order)."""
+                   model_start: Optional[str] = None, amp: bool = False) -> EvalResults:
+    """Forward the test set in eval mode (under bf16 autocast when ``amp``); gather every rank's
+    shard (rank order = dataset order)."""
     model.eval()
     infos, preds, masks, loss_sum, count = [], [], [], 0.0, 0
     for batch in loader:
-        outputs = model(batch) if model_start is None else model(batch, start=model_start)
-        n = outputs["pred"].shape[0]
-        loss_sum += float(sum(criterion(outputs).values())) * n
+        with autocast(model, amp):
+            outputs = model(batch) if model_start is None else model(batch, start=model_start)
+            n = outputs["pred"].shape[0]
+            loss_sum += float(sum(criterion(outputs).values())) * n
         count += n
         preds.append(outputs["pred"][:, 0].float().cpu().numpy())
         masks.append((batch["mask"][:, 0] > 0).to(torch.uint8).cpu().numpy())
