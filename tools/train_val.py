@@ -26,6 +26,7 @@ from utils.misc_helper import create_logger, set_random_seed  # noqa: E402
 from utils.optimizer_helper import build_optimizer  # noqa: E402
 from utils.misc_helper import BestTracker  # noqa: E402
 from utils.run_state import load_weights, record_validation, resume_if_any, save_epoch  # noqa: E402
+from utils.speed_switches import compile_child, resolve_amp  # noqa: E402
 from utils.validation import log_summary, open_writer, validate_and_report  # noqa: E402
 
 
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
     train_loader, val_loader = build_dataloader(cfg.dataset, dist.distributed, seed=cfg.random_seed,
                                                 pin_memory=dist.device.type == "cuda")
     model = ModelHelper(cfg.net).to(dist.device)
+    amp = resolve_amp(cfg.trainer.get("amp", False), dist.device, logger)
+    if cfg.trainer.get("compile", False):
+        compile_child(model, "reconstruction", logger)
     ddp_model = dist_helper.wrap_model(model, dist)
     criterion = build_criterion(cfg.criterion)
     writer = open_writer(log_dir, dist.rank)
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
         train_loader.sampler.set_epoch(epoch)
         plan = EpochPlan(epoch, trainer.max_epoch, trainer.print_freq_step, trainer.get("tb_freq_step", 1),
                          trainer.get("clip_max_norm"), trainer.get("accumulate_steps", 1), start_epoch,
-                         run_start, model_start)
+                         run_start, model_start, amp=amp)
         train_one_epoch(ddp_model, train_iter, criterion, optimizer, plan, logger, writer)
         scheduler.step()
         metrics, is_best = None, False
