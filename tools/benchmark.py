@@ -19,6 +19,7 @@ from utils.bench_metrics import write_doc_section  # noqa: E402  (needs ROOT on 
 # subcommand -> (module, help). Add a row to add a benchmark.
 SUBCOMMANDS = {
     "metrics": ("utils.bench_metrics", "exact metrics suite vs sklearn roc_auc_score on the same pixels"),
+    "train": ("utils.bench_train", "original training step vs our cached epoch, FLOPs, peak share, memory"),
 }
 
 
