@@ -25,9 +25,11 @@ from utils.lr_helper import build_scheduler  # noqa: E402
 from utils.misc_helper import create_logger, set_random_seed  # noqa: E402
 from utils.optimizer_helper import build_optimizer  # noqa: E402
 from utils.misc_helper import BestTracker  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.run_state import load_weights, record_validation, resume_if_any, save_epoch  # noqa: E402
 from utils.speed_switches import compile_child, resolve_amp  # noqa: E402
-from utils.validation import log_summary, open_writer, validate_and_report  # noqa: E402
+from utils.thresholds import save_thresholds_json  # noqa: E402
+from utils.validation import log_summary, open_writer, validate_with_thresholds  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,8 +65,10 @@ def main(argv=None) -> int:
 
     if args.evaluate:
         load_weights(cfg.saver.get("load_path"), model, logger, required=True)
-        validate_and_report(cfg, model, val_loader, criterion, epoch=None, writer=writer, logger=logger,
-                            visualize=True)
+        _, thresholds = validate_with_thresholds(cfg, model, val_loader, criterion, epoch=None, writer=writer,
+                                                 logger=logger, visualize=True)
+        if dist.rank == 0:  # e.g. for a converted original checkpoint: tools/infer.py --thresholds
+            save_thresholds_json(thresholds, os.path.join(log_dir, "thresholds.json"))
         dist_helper.cleanup()
         return 0
 
@@ -84,12 +88,12 @@ def main(argv=None) -> int:
                          run_start, model_start, amp=amp)
         train_one_epoch(ddp_model, train_iter, criterion, optimizer, plan, logger, writer)
         scheduler.step()
-        metrics, is_best = None, False
+        metrics, thresholds, is_best = None, None, False
         if (epoch + 1) % trainer.val_freq_epoch == 0 or epoch + 1 == trainer.max_epoch:
-            metrics = validate_and_report(cfg, model, val_iter, criterion, epoch + 1, writer, logger,
-                                          model_start=model_start)
+            metrics, thresholds = validate_with_thresholds(cfg, model, val_iter, criterion, epoch + 1, writer,
+                                                           logger, model_start=model_start)
             is_best = record_validation(tracker, key_metric, metrics, epoch + 1)
-        save_epoch(cfg, epoch + 1, model, optimizer, scheduler, tracker, metrics, dist.rank, is_best)
+        save_epoch(cfg, epoch + 1, model, optimizer, scheduler, tracker, metrics, dist.rank, is_best, thresholds)
         if tracker.should_stop:
             logger.info("early stop: %s did not improve for %d validations", key_metric, tracker.patience)
             break
@@ -99,4 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)  # user errors: one line on stderr, exit 2 (3: diverged); see utils/cli.py

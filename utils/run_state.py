@@ -3,7 +3,8 @@
 Checkpoint dict (``checkpoints/ckpt.pth.tar``, written every epoch, atomically):
 ``epoch`` (epochs completed), ``state_dict`` (unwrapped model), ``optimizer``, ``lr_scheduler``,
 ``best_metric``, ``best_epoch``, ``early_stop_counter``, ``metrics`` (last validation or None),
-``thresholds`` (or None), ``config`` (plain dict), ``rng`` (rank 0's RNG states), ``version``
+``thresholds`` (``utils.thresholds.compute_thresholds`` of this epoch's validation, with its
+``epoch``, or None; also written to ``thresholds.json`` / ``thresholds_best.json``), ``config`` (plain dict), ``rng`` (rank 0's RNG states), ``version``
 (``utils.checkpoint.make_checkpoint``) and ``rng_per_rank`` (every rank's, so that a multi-process
 resume is exact too). Everything is a tensor or a
 plain type, so it loads with ``torch.load(weights_only=True)``.
@@ -20,6 +21,7 @@ from utils import dist_helper
 from utils.checkpoint import (copy_checkpoint, load_checkpoint, load_model_state, make_checkpoint,
                               restore_training_state, save_checkpoint)
 from utils.misc_helper import BestTracker, capture_rng_state, restore_rng_state
+from utils.thresholds import save_thresholds_json
 
 
 def record_validation(tracker: BestTracker, key: str, metrics: dict, epoch: int) -> bool:
@@ -43,14 +45,19 @@ def save_epoch(cfg, epoch: int, model: nn.Module, optimizer, scheduler, tracker:
     rng_per_rank = dist_helper.all_gather_object(capture_rng_state())
     if rank != 0:
         return
+    thresholds = None if thresholds is None else {**thresholds, "epoch": int(epoch)}
     state = make_checkpoint(epoch=epoch, model=model, optimizer=optimizer, lr_scheduler=scheduler,
                             config=cfg, metrics=metrics, thresholds=thresholds, **tracker.state_dict())
     state["rng_per_rank"] = rng_per_rank
     paths = checkpoint_paths(cfg)
     os.makedirs(paths["dir"], exist_ok=True)
     save_checkpoint(state, paths["latest"])
+    if thresholds is not None:  # beside the checkpoints, for tools/infer.py and for reading
+        save_thresholds_json(state["thresholds"], os.path.join(paths["dir"], "thresholds.json"))
     if metrics is not None and is_best:
         copy_checkpoint(paths["latest"], paths["best"])
+        if thresholds is not None:
+            save_thresholds_json(state["thresholds"], os.path.join(paths["dir"], "thresholds_best.json"))
     if metrics is not None and cfg.saver.get("always_save", False):
         copy_checkpoint(paths["latest"], os.path.join(paths["dir"], f"ckpt_{epoch}.pth.tar"))
 

@@ -13,6 +13,7 @@ from utils import dist_helper
 from utils.engine import EvalResults, run_evaluation
 from utils.eval_helper import log_metrics, performances
 from utils.misc_helper import format_eta
+from utils.thresholds import compute_thresholds
 
 
 def open_writer(log_dir: str, rank: int) -> Any:
@@ -56,10 +57,20 @@ def validate_and_report(cfg, model, loader, criterion, epoch: Optional[int], wri
                         visualize: bool = False, model_start: Optional[str] = None) -> dict:
     """Evaluate, then (rank 0) log the table, append ``log/metrics.jsonl``, write TensorBoard and
     visualisations. Every rank returns the same metrics dict."""
+    return validate_with_thresholds(cfg, model, loader, criterion, epoch, writer, logger, visualize, model_start)[0]
+
+
+def validate_with_thresholds(cfg, model, loader, criterion, epoch: Optional[int], writer, logger: logging.Logger,
+                             visualize: bool = False, model_start: Optional[str] = None
+                             ) -> tuple[dict, Optional[dict]]:
+    """``validate_and_report`` plus the decision thresholds of ``utils.thresholds.compute_thresholds``:
+    returns (metrics on every rank, thresholds on rank 0 / None elsewhere)."""
     results = run_evaluation(model, loader, criterion, model_start)
-    metrics = {}
+    metrics, thresholds = {}, None
     if dist_helper.get_rank() == 0:
         metrics = performances(results.fileinfos, results.preds, results.masks, cfg.evaluator.metrics)
+        thresholds = compute_thresholds(results.fileinfos, results.preds, results.masks, cfg.evaluator)
+        _log_thresholds(logger, thresholds)
         logger.info(" * loss %.5f over %d images (epoch %s)", results.loss, len(results.fileinfos), epoch)
         log_metrics(metrics, cfg.evaluator.metrics, logger)
         append_jsonl(os.path.join(cfg.saver.log_dir, "metrics.jsonl"),
@@ -67,7 +78,15 @@ def validate_and_report(cfg, model, loader, criterion, epoch: Optional[int], wri
         _write_tensorboard(cfg, writer, results, metrics, epoch)
         if visualize:
             _visualize(cfg, results, logger)
-    return dist_helper.all_gather_object(metrics)[0]
+    return dist_helper.all_gather_object(metrics)[0], thresholds
+
+
+def _log_thresholds(logger: logging.Logger, thresholds: dict) -> None:
+    found = thresholds["global"]
+    parts = [f"{level} >= {found[level]['threshold']:.6g} (F1 {found[level]['f1']:.4f})"
+             for level in ("image", "pixel") if found[level]]
+    logger.info(" * thresholds (all classes, %s score): %s", thresholds["image_score"]["name"],
+                ", ".join(parts) or "none (no defective sample)")
 
 
 def _write_tensorboard(cfg, writer, results: EvalResults, metrics: dict, epoch: Optional[int]) -> None:
