@@ -18,7 +18,7 @@ from utils.config_helper import load_config
 from utils.criterion_helper import build_criterion
 from utils.engine import run_evaluation
 from utils.metrics.image_scores import image_scores
-from utils.predictor import Predictor, collect_inputs
+from utils.predictor import Predictor, collect_inputs, inference_config
 
 _TRAINED: dict = {}
 
@@ -161,3 +161,9 @@ def test_thresholds_file_with_another_image_score_is_refused(trained, tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(thresholds))
     with pytest.raises(ValueError, match="chosen for the image score"):
         Predictor(str(config), str(ckpt), device="cpu", thresholds=str(tmp_path / "t.json"))
+
+
+def test_inference_config_never_downloads_nor_saves_reconstructions():
+    cfg = inference_config(str(Path(__file__).resolve().parents[1] / "experiments/MVTec-AD/config.yaml"))
+    kwargs = {entry.name: entry.kwargs for entry in cfg.net}
+    assert kwargs["backbone"]["pretrained"] is False and kwargs["reconstruction"]["save_recon"] is False

@@ -8,6 +8,7 @@ import pytest
 
 from datasets.data_builder import build_dataloader
 from tests.test_infer import trained_experiment
+from tests.test_train_val import make_config, run
 from utils.checkpoint import load_checkpoint
 from utils.config_helper import load_config
 from utils.criterion_helper import build_criterion
@@ -121,3 +122,12 @@ def test_training_stores_thresholds_in_checkpoint_and_json(tmp_path_factory, tin
     again = compute_thresholds(results.fileinfos, results.preds, results.masks, cfg.evaluator)
     assert {**again, "epoch": 1} == stored
     assert predictor.thresholds == stored
+
+
+def test_evaluate_only_writes_the_checkpoints_thresholds_to_the_log(tmp_path, tmp_path_factory, tiny_dataset):
+    exp = trained_experiment(tmp_path_factory, tiny_dataset)
+    ckpt = exp / "checkpoints/ckpt.pth.tar"
+    assert run(make_config(tmp_path, tiny_dataset), f"saver.load_path={ckpt}", evaluate=True) == 0
+    assert not (tmp_path / "checkpoints").exists()  # -e leaves the training run's files alone
+    stored = load_checkpoint(str(ckpt))["thresholds"]
+    assert {**load_thresholds_json(str(tmp_path / "log/thresholds.json")), "epoch": 1} == stored

@@ -31,6 +31,7 @@ from torchvision.transforms.functional import to_tensor
 
 from datasets.image_reader import OpenCVReader, build_image_reader
 from datasets.transforms import TestBaseTransform
+from models.backbones import backbone_info
 from models.model_helper import ModelHelper
 from utils.checkpoint import load_checkpoint, load_model_state
 from utils.config_helper import load_config
@@ -60,8 +61,8 @@ def inference_config(config: Union[str, Mapping], opts: Sequence[str] = ()) -> A
                          f"{cfg.dataset.type!r}); CIFAR-10 configs are not supported")
     for entry in cfg.net:
         kwargs = entry.setdefault("kwargs", {})
-        if "pretrained" in kwargs:
-            kwargs["pretrained"] = False
+        if "pretrained" in kwargs or str(entry.get("type", "")).rsplit(".", 1)[-1] in backbone_info:
+            kwargs["pretrained"] = False  # backbone factories default to True (a download)
         if "save_recon" in kwargs:
             kwargs["save_recon"] = False
     return cfg
