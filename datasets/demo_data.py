@@ -147,7 +147,7 @@ def generate_class(out_dir, clsname, class_index, seed, n_train, n_test, size, f
     for i in range(n_test):
         image = render_normal(rng, spec, source, centre, size)
         kind = "good" if i < n_good else names[(i - n_good) % len(names)]
-        index = counters.setdefault(kind, 0) if kind != "good" else i
+        index = i if kind == "good" else counters[kind]
         if kind != "good":
             image, mask = make_defective(rng, image, kind, size, foreign)
             write_png(os.path.join(base, "ground_truth", kind, f"{index:03d}_mask.png"), mask)
