@@ -47,7 +47,8 @@ def test_onnx_on_real_images_matches_the_predictor(exported, tiny_dataset):
         np.testing.assert_allclose(maps[i, 0], result["map"], rtol=0, atol=1e-4)
         assert scores[i] == pytest.approx(result["score"], abs=1e-4)  # avg_pool float32 vs cv2 float64
     meta = read_metadata(str(onnx_path))
-    assert meta["input_size"] == [64, 64] and meta["image_score"] == {"name": "max", "kwargs": {"avgpool_size": [16, 16]}}
+    assert meta["input_size"] == [64, 64]
+    assert meta["image_score"] == {"name": "max", "kwargs": {"avgpool_size": [16, 16]}}
     assert meta["outputs"] == list(OUTPUT_NAMES) and meta["thresholds"] is None
 
 

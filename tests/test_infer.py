@@ -81,8 +81,9 @@ def test_meta_file_inference_reproduces_evaluation_maps(trained, evaluation, tin
 def _original_pipeline(path: Path, model, cfg) -> np.ndarray:
     """The original UniAD test pipeline written out: cv2 read -> RGB -> PIL -> Resize -> ToTensor -> Normalize."""
     image = Image.fromarray(cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
-    pipeline = transforms.Compose([transforms.Resize(list(cfg.dataset.input_size), transforms.InterpolationMode.BILINEAR),
-                                   transforms.ToTensor(), transforms.Normalize(cfg.dataset.pixel_mean, cfg.dataset.pixel_std)])
+    resize = transforms.Resize(list(cfg.dataset.input_size), transforms.InterpolationMode.BILINEAR)
+    normalize = transforms.Normalize(cfg.dataset.pixel_mean, cfg.dataset.pixel_std)
+    pipeline = transforms.Compose([resize, transforms.ToTensor(), normalize])
     with torch.no_grad():
         return model({"image": pipeline(image)[None]})["pred"][0, 0].numpy()
 
@@ -106,7 +107,8 @@ def test_folder_with_unreadable_file_matches_original_pipeline(trained, tmp_path
     assert sorted(rows) == ["a/img.png", "b/img.png", "broken.png", "c.jpg"]
     assert "cannot decode" in rows["broken.png"]["error"] and rows["broken.png"]["score"] == ""
     predictor = Predictor(str(config), str(ckpt), device="cpu")
-    for name, stem, size in (("a/img.png", "a__img", (80, 100)), ("b/img.png", "b__img", (64, 64)), ("c.jpg", "c", (50, 90))):
+    expected_files = (("a/img.png", "a__img", (80, 100)), ("b/img.png", "b__img", (64, 64)), ("c.jpg", "c", (50, 90)))
+    for name, stem, size in expected_files:
         assert rows[name]["error"] == "" and rows[name]["threshold_source"] == "class:alpha"
         expected = _original_pipeline(folder / name, predictor.model, predictor.cfg)
         np.testing.assert_array_equal(np.load(out / "maps" / f"{stem}.npy"), expected)  # same batch size: bit-equal
@@ -150,7 +152,8 @@ def test_empty_input_is_a_clear_error(trained, tmp_path):
 
 def test_checkpoint_that_does_not_fit_lists_the_keys(trained):
     config, ckpt = trained
-    with pytest.raises(RuntimeError, match=r"shape-mismatched keys: reconstruction\.pos_embed\.row_embed\.weight saved \(4, 16\) vs model \(4, 8\)"):
+    listing = r"shape-mismatched keys: reconstruction\.pos_embed\.row_embed\.weight saved \(4, 16\) vs model \(4, 8\)"
+    with pytest.raises(RuntimeError, match=listing):
         Predictor(str(config), str(ckpt), device="cpu", opts=["net.reconstruction.kwargs.hidden_dim=16"])
 
 

@@ -22,15 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def brute_force_f1(scores, labels):
-    """Every distinct score as threshold (score >= t is positive); the highest t among equal best F1."""
-    best_f1, best_t = -1.0, None
-    for t in np.unique(scores)[::-1]:
+    """Every distinct score as threshold (score >= t is positive); the highest t among equal best F1;
+    reported halfway to the next lower distinct score."""
+    distinct = np.unique(scores)[::-1]
+    best_f1, best_i = -1.0, None
+    for i, t in enumerate(distinct):
         predicted = scores >= t
         tp = np.sum(predicted & labels)
         f1 = 2 * tp / (np.sum(predicted) + np.sum(labels))
         if f1 > best_f1:
-            best_f1, best_t = f1, t
-    return best_t, best_f1
+            best_f1, best_i = f1, i
+    if best_i + 1 == len(distinct):
+        return distinct[best_i], best_f1
+    return (float(distinct[best_i]) + float(distinct[best_i + 1])) / 2, best_f1
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -44,16 +48,20 @@ def test_f1_optimal_threshold_equals_brute_force_with_ties(seed):
     found = best_f1_threshold(scores, labels)
     threshold, f1 = brute_force_f1(scores, labels)
     assert found["threshold"] == threshold and found["f1"] == pytest.approx(f1, abs=1e-12)
+    assert np.array_equal(scores >= found["threshold"], scores >= np.unique(scores[scores >= threshold]).min())
     assert found["positives"] == labels.sum() and found["negatives"] == (~labels).sum() and found["stride"] == 1
 
 
 def test_threshold_edge_cases_and_subsampling():
     assert best_f1_threshold(np.array([0.1, 0.5]), np.array([0, 0])) is None  # nothing to detect
     only_positives = best_f1_threshold(np.array([0.3, 0.7, 0.7]), np.array([1, 1, 1]))
-    assert only_positives["threshold"] == pytest.approx(0.3) and only_positives["f1"] == 1.0
+    assert only_positives["threshold"] == pytest.approx(0.3) and only_positives["f1"] == 1.0  # nothing lower
+    assert best_f1_threshold(np.array([1.0, 2.0, 4.0]), np.array([0, 1, 1]))["threshold"] == 1.5
+    adjacent = np.array([1.0, np.nextafter(1.0, 2.0)])  # no float between them: the flagged score itself
+    assert best_f1_threshold(adjacent, np.array([0, 1]))["threshold"] == adjacent[1]
     scores = np.arange(100, dtype=np.float32)
     sampled = best_f1_threshold(scores, scores >= 60, max_samples=30)
-    assert sampled["stride"] == 4 and sampled["positives"] == 10 and sampled["threshold"] == 60.0  # every 4th
+    assert sampled["stride"] == 4 and sampled["positives"] == 10 and sampled["threshold"] == 58.0  # every 4th: 56, 60
 
 
 def test_image_score_follows_the_config():
@@ -93,6 +101,8 @@ def test_compute_thresholds_per_class_and_global():
     assert select_threshold(found, "b", "pixel") == (found["classes"]["b"]["pixel"]["threshold"], "class:b")
     assert select_threshold(found, "unknown") == (found["global"]["image"]["threshold"], "global")
     assert select_threshold(None, "b") == (None, "none")
+    single = compute_thresholds([{"clsname": "a"}] * 12, preds, masks, evaluator)
+    assert single["global"] == single["classes"]["a"] == found["global"]
 
 
 def test_thresholds_json_round_trip_and_errors(tmp_path):

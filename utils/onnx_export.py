@@ -136,7 +136,7 @@ def export_onnx(config: Union[str, Mapping], checkpoint: str, output: str, opts:
     limit = tolerance * max(1.0, report.map_scale)
     if max(report.worst()) > limit:
         raise RuntimeError(f"{output}: onnxruntime differs from PyTorch by {report.worst()} (maps, scores), "
-                           f"more than {limit:.3g}; try --exporter {'dynamo' if exporter == 'torchscript' else 'torchscript'} "
+                           f"more than {limit:.3g}; try the other --exporter ({EXPORTERS}) "
                            "or --opts net.reconstruction.kwargs.attn_impl=torch")
     return report
 

@@ -164,9 +164,10 @@ class Predictor:
         return self.preprocess(image), to_rgb(image, self.color_mode)
 
     def prepare(self, image: Union[str, os.PathLike, np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
-        """A path (read as the dataset does) or a uint8 RGB array -> (tensor, original RGB)."""
+        """A path (relative to the working directory, read as the dataset reads) or a uint8 RGB
+        array -> (tensor, original RGB)."""
         if isinstance(image, (str, os.PathLike)):
-            return self.read(os.fspath(image))
+            return self.read(os.path.abspath(os.fspath(image)))
         as_read = from_rgb(image, self.color_mode)
         return self.preprocess(as_read), np.asarray(image)
 
@@ -272,7 +273,8 @@ def _meta_records(path: str) -> list[dict]:
         raise ValueError(f"{path}: not JSON lines nor a JSON list ({exc}); each record needs a 'filename'") from exc
     bad = [i for i, r in enumerate(records, 1) if not isinstance(r, dict) or not isinstance(r.get("filename"), str)]
     if bad:
-        raise ValueError(f"{path}: record {bad[0]} has no string 'filename' (e.g. {{\"filename\": \"cls/test/x.png\"}})")
+        raise ValueError(f"{path}: record {bad[0]} has no string 'filename' "
+                         '(e.g. {"filename": "cls/test/x.png"})')
     return records
 
 

@@ -10,11 +10,12 @@ together it picks:
 * ``score_range``: min / max over the maps, the fixed range that colours overlays the same way
   for every image (the original's global normalisation).
 
-Rule: an image (pixel) is anomalous when its score is ``>= threshold``. Each chosen threshold is a
-score held by a defective image (pixel): the lowest score still flagged. The search is exact over
+Rule: an image (pixel) is anomalous when its score is ``>= threshold``. The search is exact over
 every distinct score: one sort (``utils.metrics.curves.threshold_curve``, the metrics' machinery)
 gives the true / false positive counts at every corner of the curve, and F1 = 2 TP / (TP + FP + P)
-is evaluated at all of them; among equal F1 values the highest threshold wins.
+is evaluated at all of them; among equal F1 values the highest threshold wins. The threshold
+reported lies halfway between the lowest score still flagged (a defective sample's) and the next
+lower score, so float round-off of a recomputed score cannot flip a decision at the boundary.
 
 Pixel sets larger than ``max_pixels`` (on MVTec-AD only the all-classes set: 1725 maps of 224x224 =
 86.6 M pixels) are subsampled deterministically, every k-th pixel in flat order, k the smallest
@@ -109,8 +110,22 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, max_samples: Optio
         raise RuntimeError(f"best_f1_threshold: {len(distinct)} distinct positive scores but {len(tps)} curve runs")
     f1 = 2.0 * tps / (tps + fps + curve.positives)
     best = int(np.argmax(f1))
-    return {"threshold": float(distinct[best]), "f1": float(f1[best]), "positives": curve.positives,
-            "negatives": curve.negatives, "stride": int(stride)}
+    return {"threshold": _midpoint_below(scores, float(distinct[best])), "f1": float(f1[best]),
+            "positives": curve.positives, "negatives": curve.negatives, "stride": int(stride)}
+
+
+def _midpoint_below(scores: np.ndarray, value: float) -> float:
+    """Halfway between ``value`` and the next lower score (``value`` itself when none is lower).
+
+    The same samples pass ``>=`` either way, but a score recomputed with other float round-off
+    (another batch size, ONNX) does not flip at the boundary.
+    """
+    lower = scores[scores < value]
+    if not lower.size:
+        return value
+    below = float(lower.max())
+    middle = (value + below) / 2.0
+    return middle if below < middle < value else value  # adjacent floats: no room in between
 
 
 # ----------------------------------------------------------------------------- all thresholds
@@ -153,10 +168,12 @@ def compute_thresholds(fileinfos, preds, masks, evaluator_cfg, max_pixels: Optio
     per_class = {}
     for clsname in sorted(set(classes.tolist())):
         index = np.flatnonzero(classes == clsname)
+        if len(index) == len(preds):  # one class (e.g. CIFAR-10): no copy of every map
+            index = slice(None)
         per_class[clsname] = _group(preds[index], defect[index], scores[index], max_pixels)
+    overall = dict(next(iter(per_class.values()))) if len(per_class) == 1 else _group(preds, defect, scores, max_pixels)
     return {"version": THRESHOLDS_VERSION, "rule": RULE, "image_score": {"name": name, "kwargs": kwargs},
-            "map_size": [int(preds.shape[1]), int(preds.shape[2])],
-            "global": _group(preds, defect, scores, max_pixels), "classes": per_class}
+            "map_size": [int(preds.shape[1]), int(preds.shape[2])], "global": overall, "classes": per_class}
 
 
 # ------------------------------------------------------------------------------ lookup and I/O
@@ -206,7 +223,8 @@ def load_thresholds_json(path: str) -> dict:
 
 def check_thresholds(data: Any, where: str) -> None:
     """Raise ValueError unless ``data`` looks like :func:`compute_thresholds`' output."""
-    missing = [k for k in ("version", "image_score", "global", "classes") if not isinstance(data, dict) or k not in data]
+    keys = ("version", "image_score", "global", "classes")
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
     if missing:
         raise ValueError(f"{where} is not a thresholds record: it lacks {missing}")
     if data["version"] != THRESHOLDS_VERSION:
