@@ -4,6 +4,12 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+# The tests run tiny tensors, where a second thread costs more than it gives (and CI machines are
+# shared); one thread also makes in-process runs reproducible bit for bit.
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

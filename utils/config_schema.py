@@ -82,7 +82,7 @@ class ListOf:
 
 
 _TYPED = {"type": ANY, "kwargs": FREE}
-_VIS = {"save_dir": ANY, "max_score": ANY, "min_score": ANY}
+_VIS = {"save_dir": _str, "max_score": _num(allow_none=True), "min_score": _num(allow_none=True)}
 _METRIC_LIST = ListOf({"name": ANY, "kwargs": FREE})
 
 _DATASET_SPLIT = {
