@@ -4,6 +4,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Idle OpenMP threads sleep instead of spinning: on a loaded 2-core machine spinning threads make
+# convolutions 10x slower (docs/PERFORMANCE.md). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 

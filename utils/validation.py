@@ -54,18 +54,19 @@ def _takes_mask_flag(reader) -> bool:
 
 
 def validate_and_report(cfg, model, loader, criterion, epoch: Optional[int], writer, logger: logging.Logger,
-                        visualize: bool = False, model_start: Optional[str] = None) -> dict:
+                        visualize: bool = False, model_start: Optional[str] = None, amp: bool = False) -> dict:
     """Evaluate, then (rank 0) log the table, append ``log/metrics.jsonl``, write TensorBoard and
     visualisations. Every rank returns the same metrics dict."""
-    return validate_with_thresholds(cfg, model, loader, criterion, epoch, writer, logger, visualize, model_start)[0]
+    return validate_with_thresholds(cfg, model, loader, criterion, epoch, writer, logger, visualize, model_start,
+                                    amp)[0]
 
 
 def validate_with_thresholds(cfg, model, loader, criterion, epoch: Optional[int], writer, logger: logging.Logger,
-                             visualize: bool = False, model_start: Optional[str] = None
+                             visualize: bool = False, model_start: Optional[str] = None, amp: bool = False
                              ) -> tuple[dict, Optional[dict]]:
     """``validate_and_report`` plus the decision thresholds of ``utils.thresholds.compute_thresholds``:
     returns (metrics on every rank, thresholds on rank 0 / None elsewhere)."""
-    results = run_evaluation(model, loader, criterion, model_start)
+    results = run_evaluation(model, loader, criterion, model_start, amp=amp)
     metrics, thresholds = {}, None
     if dist_helper.get_rank() == 0:
         metrics = performances(results.fileinfos, results.preds, results.masks, cfg.evaluator.metrics)
