@@ -37,5 +37,6 @@ demo: setup
 clean-demo:
 	rm -rf experiments/demo/checkpoints experiments/demo/log experiments/demo/vis_compound experiments/demo/result_eval_temp
 
+# Idle OpenMP threads sleep rather than spin (much faster on shared machines; docs/PERFORMANCE.md).
 benchmark: setup
-	$(PY) tools/benchmark.py all
+	OMP_WAIT_POLICY=PASSIVE $(PY) tools/benchmark.py all
