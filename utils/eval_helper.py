@@ -17,13 +17,13 @@ from utils.metrics.summaries import aupro, auroc, average_precision, f1_max
 _LOG = logging.getLogger(__name__)
 
 
-def _as_stack(array, what: str) -> np.ndarray:
-    """[N,H,W] (or [N,1,H,W]) array-like -> np.ndarray [N,H,W]."""
+def as_map_stack(array, what: str, caller: str = "performances") -> np.ndarray:
+    """[N,H,W] (or [N,1,H,W]) array-like -> np.ndarray [N,H,W]; errors name ``caller`` and ``what``."""
     array = np.asarray(array)
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 3:
-        raise ValueError(f"performances: {what} must be [N,H,W] (or [N,1,H,W]), got shape {array.shape}")
+        raise ValueError(f"{caller}: {what} must be [N,H,W] (or [N,1,H,W]), got shape {array.shape}")
     return array
 
 
@@ -126,8 +126,8 @@ def performances(fileinfos, preds, masks, metrics_cfg) -> dict[str, float]:
         warning) where a class lacks defective or normal images / pixels.
     """
     specs = parse_metrics_cfg(metrics_cfg)
-    preds = _as_stack(preds, "preds")
-    masks = None if masks is None else _as_stack(masks, "masks")
+    preds = as_map_stack(preds, "preds")
+    masks = None if masks is None else as_map_stack(masks, "masks")
     _check_inputs(fileinfos, preds, masks, specs)
     if not specs:
         return {}

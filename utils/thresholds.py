@@ -41,6 +41,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from utils.eval_helper import as_map_stack
 from utils.metrics.curves import threshold_curve
 from utils.metrics.image_scores import image_scores
 from utils.metrics.spec import IMAGE_NAMES
@@ -129,15 +130,6 @@ def _midpoint_below(scores: np.ndarray, value: float) -> float:
 
 
 # ----------------------------------------------------------------------------- all thresholds
-def _stack(array, what: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 3:
-        raise ValueError(f"compute_thresholds: {what} must be [N,H,W] (or [N,1,H,W]), got shape {array.shape}")
-    return array
-
-
 def _group(preds: np.ndarray, defect: np.ndarray, scores: np.ndarray, max_pixels: Optional[int]) -> dict:
     """Thresholds of one set of maps (a class, or all of them)."""
     labels = defect.reshape(len(defect), -1).any(axis=1)
@@ -157,7 +149,8 @@ def compute_thresholds(fileinfos, preds, masks, evaluator_cfg, max_pixels: Optio
         evaluator_cfg: the config's ``evaluator`` section (picks the image score).
         max_pixels: pixel sets above this size are subsampled (None: always exact).
     """
-    preds, masks = _stack(preds, "preds"), _stack(masks, "masks")
+    preds = as_map_stack(preds, "preds", "compute_thresholds")
+    masks = as_map_stack(masks, "masks", "compute_thresholds")
     if preds.shape != masks.shape or len(fileinfos) != len(preds) or not len(preds):
         raise ValueError(f"compute_thresholds: {len(fileinfos)} fileinfos, preds {preds.shape} and masks "
                          f"{masks.shape} must be non-empty and match")

@@ -111,6 +111,23 @@ def visualize_compound(fileinfos, preds, masks, cfg_vis, read_image, save_root=N
         read_image: ``filename -> uint8 RGB [H,W,3]`` at the original resolution.
         save_root: folder that a relative ``save_dir`` is joined to.
     """
+    def compound(image, mask255, global_overlay, self_overlay):
+        if mask255 is not None and mask255.any():
+            return np.vstack([image, np.repeat(mask255[..., None], 3, axis=2), global_overlay, self_overlay])
+        return np.vstack([image, global_overlay])
+
+    return _render_all(fileinfos, preds, masks, cfg_vis, read_image, save_root, draw_contours, compound)
+
+
+def visualize_single(fileinfos, preds, masks, cfg_vis, read_image, save_root=None,
+                     draw_contours: bool = True) -> list[str]:
+    """Write only the globally normalised overlay per map (same arguments and paths as compound)."""
+    return _render_all(fileinfos, preds, masks, cfg_vis, read_image, save_root, draw_contours,
+                       lambda image, mask255, global_overlay, self_overlay: global_overlay)
+
+
+def _render_all(fileinfos, preds, masks, cfg_vis, read_image, save_root, draw_contours, compose) -> list[str]:
+    """Read each image, build its overlays, ``compose(image, mask255, global, self)`` -> the picture to save."""
     preds = _check(fileinfos, preds, masks)
     value_range = global_range(preds, cfg_vis)
     paths = []
@@ -118,25 +135,8 @@ def visualize_compound(fileinfos, preds, masks, cfg_vis, read_image, save_root=N
         image = read_image(info["filename"])
         mask255 = _mask_at(None if masks is None else masks[i], image.shape[:2])
         global_overlay, self_overlay = _overlays(image, preds[i], mask255, value_range, draw_contours)
-        if mask255 is not None and mask255.any():
-            panels = [image, np.repeat(mask255[..., None], 3, axis=2), global_overlay, self_overlay]
-        else:
-            panels = [image, global_overlay]
-        paths.append(_write(save_path(save_root, cfg_vis["save_dir"], info), np.vstack(panels)))
-    return paths
-
-
-def visualize_single(fileinfos, preds, masks, cfg_vis, read_image, save_root=None,
-                     draw_contours: bool = True) -> list[str]:
-    """Write only the globally normalised overlay per map (same arguments and paths as compound)."""
-    preds = _check(fileinfos, preds, masks)
-    value_range = global_range(preds, cfg_vis)
-    paths = []
-    for i, info in enumerate(fileinfos):
-        image = read_image(info["filename"])
-        mask255 = _mask_at(None if masks is None else masks[i], image.shape[:2])
-        global_overlay, _ = _overlays(image, preds[i], mask255, value_range, draw_contours)
-        paths.append(_write(save_path(save_root, cfg_vis["save_dir"], info), global_overlay))
+        picture = compose(image, mask255, global_overlay, self_overlay)
+        paths.append(_write(save_path(save_root, cfg_vis["save_dir"], info), picture))
     return paths
 
 
