@@ -258,9 +258,20 @@ def test_fast_equals_torch_eval_and_train_without_dropout(variant):
         out_ref = ref({"feature_align": x})
         for key in ("feature_rec", "pred"):
             torch.testing.assert_close(out_fast[key], out_ref[key], atol=1e-5, rtol=1e-5, msg=f"{mode} {key}")
-    out_fast["feature_rec"].square().sum().backward(), out_ref["feature_rec"].square().sum().backward()
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_fast_and_torch_gradients_agree(normalize_before):
+    """GELU (smooth): with ReLU, a unit sitting at its kink may flip between two float32 orders of summation."""
+    variant = dict(dropout=0.0, activation="gelu", normalize_before=normalize_before)
+    fast, ref = tiny(seed=2, attn_impl="fast", **variant), tiny(seed=2, attn_impl="torch", **variant)
+    x = features()
+    for model in (fast, ref):
+        random.seed(0), torch.manual_seed(0)
+        out = model.train()({"feature_align": x})
+        F.mse_loss(out["feature_rec"], out["feature_align"]).backward()
     for (name, a), b in zip(fast.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+        assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-7, name
 
 
 def test_train_without_dropout_and_jitter_equals_eval():

@@ -34,8 +34,21 @@ def dropout(x, p, training):
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    keep = _keep_mask(x.shape, p)
-    return x * torch.where(keep, 1.0 / (1.0 - p), 0.0).to(x.dtype)
+    return x * _scaled_keep_mask(x.shape, p, x.dtype)
+
+
+def dropout_add(residual, x, p, training):
+    """residual + dropout(x, p, training), fused into one `addcmul` pass on CPU."""
+    if not training or p == 0.0:
+        return residual + x
+    if x.device.type != "cpu" or p >= 1.0:
+        return residual + F.dropout(x, p, True)
+    return torch.addcmul(residual, x, _keep_mask(x.shape, p).to(x.dtype), value=1.0 / (1.0 - p))
+
+
+def _scaled_keep_mask(shape, p, dtype):
+    """Float mask: 1 / (1 - p) where kept, 0 where dropped."""
+    return torch.where(_keep_mask(shape, p), 1.0 / (1.0 - p), 0.0).to(dtype)
 
 
 def _keep_mask(shape, p):
@@ -85,17 +98,17 @@ class FastMultiheadAttention(nn.Module):
         return self._attend(q, k, v, attn_mask)
 
     def _project_with_pos(self, q_src, kv_src, pos):
+        # split/chunk rather than slicing: their backward concatenates gradients instead of zero-filling.
         e = self.embed_dim
-        w, b = self.in_proj_weight, self.in_proj_bias
-        if q_src is kv_src:
-            # Self-attention: one GEMM for Q, K, V of the batch, pos W_{q,k} once for all samples.
-            qkv = F.linear(kv_src, w, b)
-            qk = qkv[..., : 2 * e] + F.linear(pos, w[: 2 * e])
-            return qk[..., :e], qk[..., e:], qkv[..., 2 * e :]
-        kv = F.linear(kv_src, w[e:], b[e:])
-        k = kv[..., :e] + F.linear(pos, w[e : 2 * e])
-        q = F.linear(q_src + pos, w[:e], b[:e])
-        return q, k, kv[..., e:]
+        if q_src is kv_src:  # self-attention: Q and K from the same input, one GEMM
+            w_qk, w_v = self.in_proj_weight.split([2 * e, e])
+            b_qk, b_v = self.in_proj_bias.split([2 * e, e])
+            q, k = F.linear(kv_src + pos, w_qk, b_qk).chunk(2, dim=-1)
+            return q, k, F.linear(kv_src, w_v, b_v)
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        # A query source shared by the batch ([L, E]) is projected once here.
+        return F.linear(q_src + pos, w_q, b_q), F.linear(kv_src + pos, w_k, b_k), F.linear(kv_src, w_v, b_v)
 
     def _attend(self, q, k, v, attn_mask):
         """q [B, L, E] or [L, E], k/v [B, S, E] -> out_proj(softmax(q k^T / sqrt(d) + mask) v) [B, L, E]."""
@@ -116,12 +129,15 @@ class FastMultiheadAttention(nn.Module):
     def _attend_explicit(self, q, k, v, attn_mask, p):
         """[B, h, L, d] inputs -> [B, h, L, d]; attention weights dropped out with probability p."""
         batch, heads, length, head_dim = q.shape
-        q = (q * (1.0 / math.sqrt(head_dim))).reshape(batch * heads, length, head_dim)
+        q = q.reshape(batch * heads, length, head_dim)
         k = k.reshape(batch * heads, -1, head_dim)
         v = v.reshape(batch * heads, -1, head_dim)
+        scale = 1.0 / math.sqrt(head_dim)
         if attn_mask is None:
-            scores = torch.bmm(q, k.transpose(1, 2))
+            scores = torch.bmm(q, k.transpose(1, 2)) * scale
         else:
-            scores = torch.baddbmm(attn_mask, q, k.transpose(1, 2))
-        weights = dropout(scores.softmax(dim=-1), p, True)
-        return torch.bmm(weights, v).view(batch, heads, length, head_dim)
+            scores = torch.baddbmm(attn_mask, q, k.transpose(1, 2), alpha=scale)
+        # Dropout: multiply by the 0/1 keep mask; its 1 / (1 - p) factor goes on the (smaller) output.
+        weights = scores.softmax(dim=-1) * _keep_mask(scores.shape, p).to(scores.dtype)
+        out = torch.bmm(weights, v) * (1.0 / (1.0 - p))
+        return out.view(batch, heads, length, head_dim)

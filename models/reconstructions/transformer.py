@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.reconstructions.attention import FastMultiheadAttention, dropout as fast_dropout
+from models.reconstructions.attention import FastMultiheadAttention, dropout as fast_dropout, dropout_add
 
 ATTN_IMPLS = ("fast", "torch")
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
@@ -75,10 +75,18 @@ class _FeedForwardMixin:
         self.linear2 = nn.Linear(dim_feedforward // 2 if activation == "glu" else dim_feedforward, hidden_dim)
         self.activation = ACTIVATIONS[activation]
         self.dropout_p = dropout
-        self._dropout_fn = F.dropout if attn_impl == "torch" else fast_dropout
+        self._fast = attn_impl != "torch"
 
     def _drop(self, x):
-        return self._dropout_fn(x, self.dropout_p, self.training)
+        if self._fast:
+            return fast_dropout(x, self.dropout_p, self.training)
+        return F.dropout(x, self.dropout_p, self.training)
+
+    def _add(self, residual, x):
+        """residual + dropout(x): the residual branch of every sub-block."""
+        if self._fast:
+            return dropout_add(residual, x, self.dropout_p, self.training)
+        return residual + F.dropout(x, self.dropout_p, self.training)
 
     def _ffn(self, x):
         return self.linear2(self._drop(self.activation(self.linear1(x))))
@@ -99,10 +107,10 @@ class TransformerEncoderLayer(_FeedForwardMixin, nn.Module):
         """src [B, L, E] (fast) or [L, B, E] (torch) -> same shape."""
         if self.normalize_before:
             normed = self.norm1(src)
-            src = src + self._drop(_attention(self.self_attn, normed, normed, pos, mask))
-            return src + self._drop(self._ffn(self.norm2(src)))
-        src = self.norm1(src + self._drop(_attention(self.self_attn, src, src, pos, mask)))
-        return self.norm2(src + self._drop(self._ffn(src)))
+            src = self._add(src, _attention(self.self_attn, normed, normed, pos, mask))
+            return self._add(src, self._ffn(self.norm2(src)))
+        src = self.norm1(self._add(src, _attention(self.self_attn, src, src, pos, mask)))
+        return self.norm2(self._add(src, self._ffn(src)))
 
 
 class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
@@ -134,12 +142,12 @@ class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
         """out, memory [B, L, E] (fast) or [L, B, E] (torch) -> same shape."""
         query = self._query(memory)
         if self.normalize_before:
-            tgt = query + self._drop(_attention(self.self_attn, self.norm1(query), memory, pos, mask1))
-            tgt = tgt + self._drop(_attention(self.multihead_attn, self.norm2(tgt), out, pos, mask2))
-            return tgt + self._drop(self._ffn(self.norm3(tgt)))
-        tgt = self.norm1(query + self._drop(_attention(self.self_attn, query, memory, pos, mask1)))
-        tgt = self.norm2(tgt + self._drop(_attention(self.multihead_attn, tgt, out, pos, mask2)))
-        return self.norm3(tgt + self._drop(self._ffn(tgt)))
+            tgt = self._add(query, _attention(self.self_attn, self.norm1(query), memory, pos, mask1))
+            tgt = self._add(tgt, _attention(self.multihead_attn, self.norm2(tgt), out, pos, mask2))
+            return self._add(tgt, self._ffn(self.norm3(tgt)))
+        tgt = self.norm1(self._add(query, _attention(self.self_attn, query, memory, pos, mask1)))
+        tgt = self.norm2(self._add(tgt, _attention(self.multihead_attn, tgt, out, pos, mask2)))
+        return self.norm3(self._add(tgt, self._ffn(tgt)))
 
 
 def _clones(module, count):
