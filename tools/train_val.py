@@ -25,6 +25,7 @@ from utils.lr_helper import build_scheduler  # noqa: E402
 from utils.misc_helper import create_logger, set_random_seed  # noqa: E402
 from utils.optimizer_helper import build_optimizer  # noqa: E402
 from utils.misc_helper import BestTracker  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.run_state import load_weights, record_validation, resume_if_any, save_epoch  # noqa: E402
 from utils.speed_switches import compile_child, resolve_amp  # noqa: E402
 from utils.thresholds import save_thresholds_json  # noqa: E402
@@ -102,4 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)  # user errors: one line on stderr, exit 2 (3: diverged); see utils/cli.py

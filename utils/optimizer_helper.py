@@ -64,7 +64,8 @@ def trainable_parameters(model: nn.Module, trainable_names: Sequence[str]
         named += [(f"{child_name}.{n}", p) for n, p in children[child_name].named_parameters()
                   if p.requires_grad]
     if not named:
-        raise ValueError(f"no trainable parameters in {list(trainable_names)}")
+        raise ValueError(f"no trainable parameters in {list(trainable_names)}: the net list is empty or every "
+                         "entry is frozen; set net.<name>.frozen: false for the module to train")
     return named
 
 
