@@ -34,7 +34,7 @@ def dropout(x, p, training):
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    return x * _scaled_keep_mask(x.shape, p, x.dtype)
+    return x * _keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
 
 
 def dropout_add(residual, x, p, training):
@@ -43,22 +43,19 @@ def dropout_add(residual, x, p, training):
         return residual + x
     if x.device.type != "cpu" or p >= 1.0:
         return residual + F.dropout(x, p, True)
-    return torch.addcmul(residual, x, _keep_mask(x.shape, p).to(x.dtype), value=1.0 / (1.0 - p))
+    return torch.addcmul(residual, x, _keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
 
 
-def _scaled_keep_mask(shape, p, dtype):
-    """Float mask: 1 / (1 - p) where kept, 0 where dropped."""
-    return torch.where(_keep_mask(shape, p), 1.0 / (1.0 - p), 0.0).to(dtype)
-
-
-def _keep_mask(shape, p):
-    """Bool tensor of `shape`, each element True with probability 1 - round(p * 2**32) / 2**32."""
+def _keep_mask(shape, p, dtype=torch.bool):
+    """Tensor of `shape` and `dtype`: 1 (True) with probability 1 - round(p * 2**32) / 2**32, else 0."""
     dropped_words = round(p * 2**32)
     if dropped_words >= 2**32:  # the threshold would overflow int32: nothing is kept
-        return torch.zeros(shape, dtype=torch.bool)
+        return torch.zeros(shape, dtype=dtype)
     numel = math.prod(shape)
     words = torch.empty((numel + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
-    return (words.view(torch.int32)[:numel] >= dropped_words - 2**31).view(shape)
+    words = words.view(torch.int32)[:numel].view(shape)
+    # Comparing straight into the output dtype saves a bool -> float conversion pass.
+    return torch.ge(words, dropped_words - 2**31, out=torch.empty(shape, dtype=dtype))
 
 
 class FastMultiheadAttention(nn.Module):
@@ -119,7 +116,9 @@ class FastMultiheadAttention(nn.Module):
         if p > 0.0 and q.device.type == "cpu":
             out = self._attend_explicit(q, k, v, attn_mask, p)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+            # A bool mask (True = may attend) works for any query dtype (autocast) and is as fast.
+            allowed = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask == 0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
 
     def _split_heads(self, x):
@@ -138,6 +137,6 @@ class FastMultiheadAttention(nn.Module):
         else:
             scores = torch.baddbmm(attn_mask, q, k.transpose(1, 2), alpha=scale)
         # Dropout: multiply by the 0/1 keep mask; its 1 / (1 - p) factor goes on the (smaller) output.
-        weights = scores.softmax(dim=-1) * _keep_mask(scores.shape, p).to(scores.dtype)
+        weights = scores.softmax(dim=-1) * _keep_mask(scores.shape, p, scores.dtype)
         out = torch.bmm(weights, v) * (1.0 / (1.0 - p))
         return out.view(batch, heads, length, head_dim)
