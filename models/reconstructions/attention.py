@@ -50,12 +50,12 @@ def _keep_mask(shape, p, dtype=torch.bool):
     """Tensor of `shape` and `dtype`: 1 (True) with probability 1 - round(p * 2**32) / 2**32, else 0."""
     dropped_words = round(p * 2**32)
     if dropped_words >= 2**32:  # the threshold would overflow int32: nothing is kept
-        return torch.zeros(shape, dtype=dtype)
+        return torch.zeros(shape, dtype=dtype, device="cpu")
     numel = math.prod(shape)
-    words = torch.empty((numel + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
+    words = torch.empty((numel + 1) // 2, dtype=torch.int64, device="cpu").random_(-(2**63), None)
     words = words.view(torch.int32)[:numel].view(shape)
     # Comparing straight into the output dtype saves a bool -> float conversion pass.
-    return torch.ge(words, dropped_words - 2**31, out=torch.empty(shape, dtype=dtype))
+    return torch.ge(words, dropped_words - 2**31, out=torch.empty(shape, dtype=dtype, device="cpu"))
 
 
 class FastMultiheadAttention(nn.Module):
@@ -116,9 +116,9 @@ class FastMultiheadAttention(nn.Module):
         if p > 0.0 and q.device.type == "cpu":
             out = self._attend_explicit(q, k, v, attn_mask, p)
         else:
-            # A bool mask (True = may attend) works for any query dtype (autocast) and is as fast.
-            allowed = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask == 0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+            if attn_mask is not None and attn_mask.dtype not in (torch.bool, q.dtype):
+                attn_mask = attn_mask.to(q.dtype)  # e.g. under autocast; SDPA wants the query's dtype
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
 
     def _split_heads(self, x):

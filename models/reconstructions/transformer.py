@@ -130,11 +130,10 @@ class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.norm3 = nn.LayerNorm(hidden_dim)
         self.normalize_before = normalize_before
-        self.batch_first = attn_impl != "torch"
 
     def _query(self, memory):
         """fast: [L, E], shared by the batch (broadcast). torch: repeated to [L, B, E] as the original."""
-        if self.batch_first:
+        if self._fast:
             return self.learned_embed.weight
         return self.learned_embed.weight.unsqueeze(1).repeat(1, memory.shape[1], 1)
 

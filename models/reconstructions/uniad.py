@@ -103,7 +103,7 @@ class UniAD(nn.Module):
             return tokens
         channels = tokens.shape[-1]
         batch, num_tokens = (tokens.shape[0], tokens.shape[1]) if self._batch_first else tokens.shape[1::-1]
-        noise = torch.randn((num_tokens, batch, channels)).to(device=tokens.device, dtype=tokens.dtype)
+        noise = torch.randn((num_tokens, batch, channels), device="cpu").to(device=tokens.device, dtype=tokens.dtype)
         if self._batch_first:
             noise = noise.transpose(0, 1)
         norms = tokens.norm(dim=-1, keepdim=True) / channels
