@@ -10,6 +10,7 @@ Faults that need timing (a kill mid-epoch or mid-write, a rank failing) go throu
 ``FAULT_WRAPPER``: a tiny script that patches one function of the child, then runs
 ``tools/train_val.py`` as ``__main__``. The catalogue is docs/RELIABILITY.md.
 """
+import csv
 import json
 import os
 import queue
@@ -318,6 +319,7 @@ def quick_cases(root: Path, data: Path) -> dict:
     no_defect = _write_meta(root / "test_no_defect.json", [r for r in _meta_lines(data / "test.json")
                                                              if not (r["clsname"] == "beta" and r["label"] == 1)])
     evil = write_payload(root / "evil.pth.tar", root / "pwned_eval")
+    write_payload(root / "evil_init.pth.tar", root / "pwned_init")
     write_payload(root / "evil_ckpts" / "ckpt.pth.tar", root / "pwned_resume")
     write_payload(root / "evil_original.pth.tar", root / "pwned_convert")
     return {
@@ -329,6 +331,8 @@ def quick_cases(root: Path, data: Path) -> dict:
         "typo_opts": lambda: train(cfg, "trainer.max_epohc=3"),
         "wrong_type": lambda: train(cfg, "trainer.max_epoch=two"),
         "payload_eval": lambda: train(cfg, f"saver.load_path={evil}", "saver.log_dir=log_evil", evaluate=True),
+        "payload_load_path": lambda: train(cfg, f"saver.load_path={root / 'evil_init.pth.tar'}",
+                                           "saver.log_dir=log_evil_init"),
         "payload_resume": lambda: train(cfg, "saver.auto_resume=True", f"saver.save_dir={root / 'evil_ckpts'}",
                                         "saver.log_dir=log_evil_resume"),
         "payload_convert": lambda: run_tool("convert_official_ckpt.py", "--input", root / "evil_original.pth.tar",
@@ -429,6 +433,12 @@ def test_payload_via_load_path_and_evaluate_is_refused(quick):
     assert not (root / "pwned_eval").exists()
 
 
+def test_payload_via_load_path_when_training_is_refused(quick):
+    root, _ = quick
+    assert_user_error(result(quick, "payload_load_path"), "refusing to load", "evil_init.pth.tar")
+    assert not (root / "pwned_init").exists()
+
+
 def test_payload_via_auto_resume_is_refused(quick):
     root, _ = quick
     assert_user_error(result(quick, "payload_resume"), "refusing to load", "evil_ckpts/ckpt.pth.tar")
@@ -520,3 +530,112 @@ def test_zygote_run_equals_a_plain_python_run(quick):
                            timeout=TIMEOUT)
     forked = result(quick, "wrong_type")
     assert (plain.returncode, plain.stderr) == (forked.returncode, forked.stderr)
+
+
+# ---------------------------------------------------------------- inference and export tools
+def test_infer_and_export_refuse_a_payload_checkpoint(tmp_path, tiny_dataset):
+    cfg = make_config(tmp_path, tiny_dataset)
+    image = next(tiny_dataset.rglob("good/000.png"))
+    for tool, outputs in (("infer.py", ["--input", image, "--output", tmp_path / "out"]),
+                          ("export_onnx.py", ["--output", tmp_path / "model.onnx"])):
+        marker = tmp_path / f"pwned_{tool}"
+        evil = write_payload(tmp_path / f"evil_{tool}.pth.tar", marker)
+        proc = run_tool(tool, "--config", cfg, "--checkpoint", evil, *outputs)
+        assert proc.returncode != 0 and "refusing to load" in proc.stderr, f"{tool}: {proc.stderr[-3000:]}"
+        assert not marker.exists(), tool
+    assert not (tmp_path / "model.onnx").exists() and not list((tmp_path / "out").rglob("*.npy"))
+
+
+def test_infer_and_export_name_a_missing_checkpoint(tmp_path, tiny_dataset):
+    cfg = make_config(tmp_path, tiny_dataset)
+    image = next(tiny_dataset.rglob("good/000.png"))
+    for tool, outputs in (("infer.py", ["--input", image, "--output", tmp_path / "out"]),
+                          ("export_onnx.py", ["--output", tmp_path / "model.onnx"])):
+        proc = run_tool(tool, "--config", cfg, "--checkpoint", tmp_path / "nope.pth.tar", *outputs)
+        assert proc.returncode != 0 and "nope.pth.tar" in proc.stderr and "does not exist" in proc.stderr, tool
+
+
+def test_infer_lists_a_corrupt_image_and_scores_the_others(tmp_path, tiny_dataset, baseline):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, source in enumerate(sorted(tiny_dataset.rglob("test/good/*.png"))[:2]):
+        shutil.copy(source, folder / f"ok{i}.png")
+    good = (folder / "ok0.png").read_bytes()
+    (folder / "broken.png").write_bytes(good[: len(good) // 2])
+    ckpt = latest(baseline_done(baseline))
+    proc = run_tool("infer.py", "--config", make_config(tmp_path, tiny_dataset), "--checkpoint", ckpt,
+                    "--input", folder, "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row["filename"]: row for row in csv.DictReader((tmp_path / "out/results.csv").open())}
+    assert len(rows) == 3
+    broken = next(row for name, row in rows.items() if "broken" in name)
+    assert "broken.png" in broken["error"] and not broken["score"]
+    scored = [row for name, row in rows.items() if Path(name).name.startswith("ok")]
+    assert len(scored) == 2
+    assert all(row["score"] and not row["error"] for row in scored)
+    assert len(list((tmp_path / "out/maps").glob("*.npy"))) == 2
+
+
+# ------------------------------------------------------------------- the CLI wrapper itself
+def _raise_from_repo(tmp_path):
+    """A ValueError raised by a check in this repository (an undecodable image)."""
+    from datasets.image_reader import decode_image_file
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    decode_image_file(str(bad), 1)
+
+
+def test_cli_classifies_own_checks_as_user_errors_and_library_errors_as_bugs(tmp_path):
+    from utils.cli import exit_code_for, user_message
+    from utils.config_helper import ConfigError
+    from utils.engine import NonFiniteLossError
+    with pytest.raises(ValueError) as own:
+        _raise_from_repo(tmp_path)
+    assert exit_code_for(own.value) == 2
+    with pytest.raises(RuntimeError) as torch_error:
+        torch.zeros(2).view(3)
+    assert exit_code_for(torch_error.value) is None  # raised inside torch: keeps its traceback
+    with pytest.raises(KeyError) as lookup:
+        {}["missing"]  # noqa: B018 - a plain lookup bug, not a check
+    assert exit_code_for(lookup.value) is None
+    assert exit_code_for(ConfigError("x")) == 2 and exit_code_for(NonFiniteLossError("x")) == 3
+    assert exit_code_for(FileNotFoundError("f")) == 2
+    assert user_message(KeyError("evaluator.key_metric 'x' is not computed")) == "evaluator.key_metric 'x' is not computed"
+
+
+def test_cli_reads_through_the_dataloader_worker_wrapper(tmp_path):
+    from torch._utils import ExceptionWrapper
+    from utils.cli import exit_code_for, user_message
+    try:
+        _raise_from_repo(tmp_path)
+    except ValueError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ValueError) as exc:
+        wrapped.reraise()
+    assert exit_code_for(exc.value) == 2
+    assert user_message(exc.value).startswith("cannot decode image file") and "bad.png" in user_message(exc.value)
+
+
+def test_cli_prints_one_line_names_the_rank_and_shows_the_traceback_on_request(tmp_path, capsys, monkeypatch):
+    from utils.cli import run_cli
+
+    def main():
+        _raise_from_repo(tmp_path)
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error (rank 1): cannot decode image file") and len(
+        err.strip().splitlines()) == 1
+    monkeypatch.setenv("UNIAD_TRACEBACK", "1")
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" in err and "decode_image_file" in err
+
+    def buggy():
+        return [][1]
+    with pytest.raises(IndexError):  # unknown errors are not caught: Python prints them, exit 1
+        run_cli(buggy)
