@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class Zygote:
 
     def __init__(self, folder: Path):
         self.folder, self.count = folder, 0
+        folder.mkdir(parents=True, exist_ok=True)
         script = folder / "zygote.py"
         script.write_text(ZYGOTE)
         self.proc = subprocess.Popen([sys.executable, str(script)], env=tool_env(), stdin=subprocess.PIPE,
@@ -166,7 +168,7 @@ class ToolRun:
         try:
             code = int(self.zygote.proc.stdout.readline())
         finally:
-            FREE_ZYGOTES.put(self.zygote)
+            POOL.free.put(self.zygote)
         return subprocess.CompletedProcess(self.args, code, self.out.read_text(), self.err.read_text())
 
     def alive(self) -> bool:
@@ -178,25 +180,43 @@ class ToolRun:
         return state != "Z"
 
 
-FREE_ZYGOTES: "queue.Queue[Zygote]" = queue.Queue()
+class ZygotePool:
+    """Two zygotes, started by the first tool run (tests that run no tool pay nothing)."""
+
+    def __init__(self):
+        self.free: "queue.Queue[Zygote]" = queue.Queue()
+        self.made: list = []
+        self.folder = None
+        self.lock = threading.Lock()
+
+    def get(self) -> Zygote:
+        with self.lock:
+            if not self.made:
+                self.made = [Zygote(self.folder / f"zygote{i}") for i in range(2)]
+                for zygote in self.made:
+                    self.free.put(zygote)
+        return self.free.get(timeout=TIMEOUT)
+
+    def close(self) -> None:
+        for zygote in self.made:
+            zygote.close()
+        self.made, self.free = [], queue.Queue()
+
+
+POOL = ZygotePool()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def zygotes(tmp_path_factory):
-    made = [Zygote(tmp_path_factory.mktemp(f"zygote{i}")) for i in range(2)]
-    for zygote in made:
-        FREE_ZYGOTES.put(zygote)
-    yield made
-    while not FREE_ZYGOTES.empty():
-        FREE_ZYGOTES.get()
-    for zygote in made:
-        zygote.close()
+    POOL.folder = tmp_path_factory.mktemp("zygotes")
+    yield POOL
+    POOL.close()
 
 
 def start_tool(script: str, *args, **env: str) -> ToolRun:
     """Start ``tools/<script> ARGS`` (or the script at a path) in a free zygote."""
     path = Path(script) if os.sep in script else ROOT / "tools" / script
-    return FREE_ZYGOTES.get(timeout=TIMEOUT).start(path, list(args), env)
+    return POOL.get().start(path, list(args), env)
 
 
 def run_tool(script: str, *args, **env: str) -> subprocess.CompletedProcess:
