@@ -272,17 +272,7 @@ def problem_with(key: str, value, base_model, folder: Path) -> Optional[str]:
     return None
 
 
-# Known gaps, each needing a change outside the config schema (reported); strict, so a fix shows up.
-_WIRING = "load_config must report config_schema.missing_required(cfg) (a section present without its keys)"
-PENDING = {
-    "dataset.image_reader": _WIRING, "trainer": _WIRING, "saver": _WIRING, "evaluator": _WIRING,
-    "evaluator.vis_single.max_score": _WIRING, "evaluator.vis_single.min_score": _WIRING,
-    "net.reconstruction.kwargs": "registry.instantiate must name missing required arguments (UniAD with kwargs {})",
-}
-
-
-@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=PENDING[k]))
-                                 if k in PENDING else k for k in KEYS])
+@pytest.mark.parametrize("key", KEYS)
 def test_junk_in_any_key_is_a_clear_error_or_a_working_config(key, base, base_model, tmp_path, monkeypatch):
     problems = []
 
@@ -331,7 +321,7 @@ def _lookup(key: str):
 
 
 def test_missing_required_names_what_the_pending_cases_lack(base):
-    """The schema side of the PENDING fix: each of those configs is caught, naming the key."""
+    """A section present without its required keys is caught, naming the key."""
     cases = {"dataset.image_reader": ({}, "dataset.image_reader.kwargs"), "trainer": ({}, "trainer.optimizer"),
              "saver": ({}, "saver.log_dir"), "evaluator": ({}, "evaluator.metrics"),
              "evaluator.vis_single.max_score": (1.0, "evaluator.vis_single.save_dir")}

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     if args.evaluate:
         load_weights(cfg.saver.get("load_path"), model, logger, required=True)
         _, thresholds = validate_with_thresholds(cfg, model, val_loader, criterion, epoch=None, writer=writer,
-                                                 logger=logger, visualize=True)
+                                                 logger=logger, visualize=True, amp=amp)
         if dist.rank == 0:  # e.g. for a converted original checkpoint: tools/infer.py --thresholds
             save_thresholds_json(thresholds, os.path.join(log_dir, "thresholds.json"))
         dist_helper.cleanup()
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         metrics, thresholds, is_best = None, None, False
         if (epoch + 1) % trainer.val_freq_epoch == 0 or epoch + 1 == trainer.max_epoch:
             metrics, thresholds = validate_with_thresholds(cfg, model, val_iter, criterion, epoch + 1, writer,
-                                                           logger, model_start=model_start)
+                                                           logger, model_start=model_start, amp=amp)
             is_best = record_validation(tracker, key_metric, metrics, epoch + 1)
         save_epoch(cfg, epoch + 1, model, optimizer, scheduler, tracker, metrics, dist.rank, is_best, thresholds)
         if tracker.should_stop:

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 from easydict import EasyDict
 
-from utils.config_schema import ANY, FREE, PATH_KEYS, SCHEMA, ListOf
+from utils.config_schema import ANY, FREE, PATH_KEYS, SCHEMA, ListOf, missing_required
 
 
 class ConfigError(ValueError):
@@ -265,6 +265,10 @@ def load_config(path: str, opts: Sequence[str] = (), derive: bool = True) -> Eas
     validate(raw)
     cfg = apply_opts(copy.deepcopy(raw), opts)
     validate(cfg)
+    missing = missing_required(cfg)
+    if missing:
+        raise ConfigError(f"{path}: required config key(s) missing: {', '.join(missing)} "
+                          "(see experiments/MVTec-AD/config.yaml for a complete config)")
     exp_path = os.path.dirname(os.path.abspath(path))
     if derive:
         update_config(cfg)

@@ -207,7 +207,7 @@ SCHEMA = {
         "train": dict(_DATASET_SPLIT),
         "test": dict(_DATASET_SPLIT),
         "input_size": _int_list(2), "pixel_mean": _num_list(3), "pixel_std": _num_list(3, positive=True),
-        "batch_size": _int(1), "workers": _int(0), "normals": ANY,
+        "batch_size": _int(1), "workers": _int(0, 256, " (DataLoader worker processes)"), "normals": ANY,
         "colorjitter": dict(_COLORJITTER),
     },
     "criterion": ListOf({"name": _str, "type": _str, "kwargs": _kwargs(_LOSS_ARGS)}),

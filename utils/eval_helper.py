@@ -14,7 +14,7 @@ from utils.metrics.regions import label_regions, region_weights
 from utils.metrics.spec import MetricSpec, parse_metrics_cfg
 from utils.metrics.summaries import aupro, auroc, average_precision, f1_max
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("uniad.metrics")  # a child of the run logger: warnings reach train.log
 
 
 def as_map_stack(array, what: str, caller: str = "performances") -> np.ndarray:

@@ -39,7 +39,7 @@ from utils.dist_helper import select_device
 from utils.metrics.image_scores import image_scores
 from utils.thresholds import check_thresholds, image_score_spec, load_thresholds_json, select_threshold
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("uniad.predictor")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # What a bad image file raises while being read and decoded (the reader's own errors, and cv2's).
 READ_ERRORS = (FileNotFoundError, ValueError, OSError, cv2.error)

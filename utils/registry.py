@@ -45,11 +45,17 @@ def resolve(type_path: str, default_modules: Iterable[str] = ()) -> Callable:
 
 
 def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str) -> None:
-    """Raise if ``kwargs`` holds a name that ``fn`` does not accept (typos are errors, not ignored)."""
+    """Raise if ``kwargs`` lacks a required argument of ``fn`` or holds a name that ``fn`` does not
+    accept (typos are errors, not ignored)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins without a signature: let the call itself decide
         return
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    missing = [n for n in required if n not in kwargs]
+    if missing:
+        raise ValueError(f"missing required argument(s) {', '.join(repr(m) for m in missing)} in {where}")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = [n for n, p in params.items()

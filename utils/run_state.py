@@ -79,6 +79,9 @@ def resume_if_any(cfg, model: nn.Module, optimizer, scheduler, tracker: BestTrac
         logger.warning("initialising the weights from saver.load_path %s (training starts at epoch 1)",
                        saver.load_path)
         load_weights(saver.load_path, model, logger, required=True)
+    elif saver.get("load_path"):
+        logger.info("saver.load_path %s does not exist (yet): training starts from the initial weights",
+                    saver.load_path)
     return 0
 
 
