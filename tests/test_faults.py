@@ -468,7 +468,7 @@ def test_payload_via_auto_resume_is_refused(quick):
 def test_payload_given_to_the_converter_is_refused(quick):
     root, _ = quick
     proc = result(quick, "payload_convert")
-    assert proc.returncode != 0 and "refusing to load" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "refusing to load" in proc.stderr, proc.stderr[-3000:]
     assert not (root / "pwned_convert").exists() and not (root / "converted.pth.tar").exists()
 
 
@@ -561,7 +561,8 @@ def test_infer_and_export_refuse_a_payload_checkpoint(tmp_path, tiny_dataset):
         marker = tmp_path / f"pwned_{tool}"
         evil = write_payload(tmp_path / f"evil_{tool}.pth.tar", marker)
         proc = run_tool(tool, "--config", cfg, "--checkpoint", evil, *outputs)
-        assert proc.returncode != 0 and "refusing to load" in proc.stderr, f"{tool}: {proc.stderr[-3000:]}"
+        assert proc.returncode == 2 and "refusing to load" in proc.stderr, f"{tool}: {proc.stderr[-3000:]}"
+        assert "Traceback" not in proc.stderr, tool
         assert not marker.exists(), tool
     assert not (tmp_path / "model.onnx").exists() and not list((tmp_path / "out").rglob("*.npy"))
 
@@ -572,7 +573,8 @@ def test_infer_and_export_name_a_missing_checkpoint(tmp_path, tiny_dataset):
     for tool, outputs in (("infer.py", ["--input", image, "--output", tmp_path / "out"]),
                           ("export_onnx.py", ["--output", tmp_path / "model.onnx"])):
         proc = run_tool(tool, "--config", cfg, "--checkpoint", tmp_path / "nope.pth.tar", *outputs)
-        assert proc.returncode != 0 and "nope.pth.tar" in proc.stderr and "does not exist" in proc.stderr, tool
+        assert proc.returncode == 2 and "nope.pth.tar" in proc.stderr and "does not exist" in proc.stderr, tool
+        assert "Traceback" not in proc.stderr, tool
 
 
 def test_infer_lists_a_corrupt_image_and_scores_the_others(tmp_path, tiny_dataset, baseline):

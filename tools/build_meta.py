@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.cli import run_cli  # noqa: E402
 from datasets.meta_builders import build_folder_meta, build_mvtec_meta, build_visa_meta  # noqa: E402
 
 
@@ -61,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.cli import run_cli  # noqa: E402
 from utils.onnx_export import EXPORTERS, export_onnx  # noqa: E402
 
 
@@ -42,4 +43,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -11,6 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.cli import run_cli  # noqa: E402
 from datasets.demo_data import make_demo_data, raw_pixel_baseline  # noqa: E402
 
 
@@ -34,4 +35,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
