@@ -79,7 +79,7 @@ def test_gradients_match_torch_in_train_mode_without_dropout():
 
 
 def test_train_mode_dropout_path_is_softmax_times_kept_mask():
-    """The explicit CPU path with dropout equals softmax(qk/sqrt(d)+mask) * keep/(1-p) @ v for the drawn keep."""
+    """The explicit CPU path with dropout equals softmax(q k^T + mask) * keep/(1-p) @ v for the drawn keep (q pre-scaled)."""
     p = 0.3
     fast, _ = _pair(p=p, seed=7)
     q, k, v = (torch.randn(2, HEADS, L, E // HEADS) for _ in range(3))
@@ -88,7 +88,7 @@ def test_train_mode_dropout_path_is_softmax_times_kept_mask():
     out = fast._attend_explicit(q, k, v, mask, p)
     torch.manual_seed(11)
     keep = _keep_mask((2 * HEADS, L, L), p).view(2, HEADS, L, L)
-    weights = ((q @ k.transpose(-1, -2)) / math.sqrt(E // HEADS) + mask).softmax(-1)
+    weights = (q @ k.transpose(-1, -2) + mask).softmax(-1)
     torch.testing.assert_close(out, (weights * keep / (1 - p)) @ v, atol=1e-5, rtol=1e-5)
 
 

@@ -85,30 +85,34 @@ class FastMultiheadAttention(nn.Module):
 
     def forward(self, query, key, value, attn_mask=None):
         """nn.MultiheadAttention(batch_first=True)(query, key, value, attn_mask)[0], query may be [L, E]."""
-        q, k, v = self.in_proj_weight.chunk(3)
-        qb, kb, vb = self.in_proj_bias.chunk(3)
-        return self._attend(F.linear(query, q, qb), F.linear(key, k, kb), F.linear(value, v, vb), attn_mask)
+        (w_q, w_k, w_v), (b_q, b_k, b_v) = self._scaled_in_proj()
+        return self._attend(F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v), attn_mask)
 
     def forward_with_pos(self, q_src, kv_src, pos, attn_mask=None):
         """Attention with Q = (q_src + pos) W_q, K = (kv_src + pos) W_k, V = kv_src W_v (plus biases)."""
         q, k, v = self._project_with_pos(q_src, kv_src, pos)
         return self._attend(q, k, v, attn_mask)
 
-    def _project_with_pos(self, q_src, kv_src, pos):
-        # split/chunk rather than slicing: their backward concatenates gradients instead of zero-filling.
-        e = self.embed_dim
-        if q_src is kv_src:  # self-attention: Q and K from the same input, one GEMM
-            w_qk, w_v = self.in_proj_weight.split([2 * e, e])
-            b_qk, b_v = self.in_proj_bias.split([2 * e, e])
-            q, k = F.linear(kv_src + pos, w_qk, b_qk).chunk(2, dim=-1)
-            return q, k, F.linear(kv_src, w_v, b_v)
+    def _scaled_in_proj(self):
+        """((W_q / sqrt(d), W_k, W_v), (b_q / sqrt(d), b_k, b_v)): the softmax scale is folded into the
+        (small) query weights instead of a pass over the activations."""
+        scale = 1.0 / math.sqrt(self.head_dim)
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        return (w_q * scale, w_k, w_v), (b_q * scale, b_k, b_v)
+
+    def _project_with_pos(self, q_src, kv_src, pos):
+        # chunk rather than slicing: its backward concatenates gradients instead of zero-filling.
+        (w_q, w_k, w_v), (b_q, b_k, b_v) = self._scaled_in_proj()
+        if q_src is kv_src:  # self-attention: Q and K from the same input, one GEMM
+            q, k = F.linear(kv_src + pos, torch.cat([w_q, w_k]), torch.cat([b_q, b_k])).chunk(2, dim=-1)
+            return q, k, F.linear(kv_src, w_v, b_v)
         # A query source shared by the batch ([L, E]) is projected once here.
         return F.linear(q_src + pos, w_q, b_q), F.linear(kv_src + pos, w_k, b_k), F.linear(kv_src, w_v, b_v)
 
     def _attend(self, q, k, v, attn_mask):
-        """q [B, L, E] or [L, E], k/v [B, S, E] -> out_proj(softmax(q k^T / sqrt(d) + mask) v) [B, L, E]."""
+        """q (pre-scaled by 1/sqrt(d)) [B, L, E] or [L, E], k/v [B, S, E]
+        -> out_proj(softmax(q k^T + mask) v) [B, L, E]."""
         batch, length = k.shape[0], q.shape[-2]
         q = self._split_heads(q).expand(batch, -1, -1, -1)
         k, v = self._split_heads(k), self._split_heads(v)
@@ -118,7 +122,7 @@ class FastMultiheadAttention(nn.Module):
         else:
             if attn_mask is not None and attn_mask.dtype not in (torch.bool, q.dtype):
                 attn_mask = attn_mask.to(q.dtype)  # e.g. under autocast; SDPA wants the query's dtype
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=1.0)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
 
     def _split_heads(self, x):
@@ -126,16 +130,14 @@ class FastMultiheadAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
 
     def _attend_explicit(self, q, k, v, attn_mask, p):
-        """[B, h, L, d] inputs -> [B, h, L, d]; attention weights dropped out with probability p."""
+        """[B, h, L, d] inputs, q pre-scaled -> [B, h, L, d]; attention weights dropped out with probability p."""
         batch, heads, length, head_dim = q.shape
         q = q.reshape(batch * heads, length, head_dim)
         k = k.reshape(batch * heads, -1, head_dim)
         v = v.reshape(batch * heads, -1, head_dim)
-        scale = 1.0 / math.sqrt(head_dim)
-        if attn_mask is None:
-            scores = torch.bmm(q, k.transpose(1, 2)) * scale
-        else:
-            scores = torch.baddbmm(attn_mask, q, k.transpose(1, 2), alpha=scale)
+        scores = torch.bmm(q, k.transpose(1, 2))
+        if attn_mask is not None:
+            scores = scores.add_(attn_mask)  # in place: cheaper than baddbmm's broadcast copy of the mask
         # Dropout: multiply by the 0/1 keep mask; its 1 / (1 - p) factor goes on the (smaller) output.
         weights = scores.softmax(dim=-1) * _keep_mask(scores.shape, p, scores.dtype)
         out = torch.bmm(weights, v) * (1.0 / (1.0 - p))
