@@ -19,8 +19,8 @@ class ModelHelper(nn.Module):
     ``forward(input)`` reads the batch dict (``image`` [B,3,H,W], plus ``feature_align`` when starting
     at the reconstruction) and returns a shallow copy with every child's outputs added:
     ``features``, ``strides`` (backbone), ``feature_align``, ``outplane`` (neck), ``feature_rec``,
-    ``pred`` (reconstruction). Tensors are moved to the model's device first, so callers need no
-    ``.cuda()`` / ``.cpu()`` step.
+    ``pred`` (reconstruction). Tensors are moved to the model's device first, so callers need not
+    move the batch themselves.
     """
 
     def __init__(self, net_cfg: Iterable[Mapping[str, Any]]):
