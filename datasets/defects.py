@@ -52,7 +52,8 @@ def _local_mean(image, centre, radius):
 
 
 def scratch(image, rng, centre):
-    """A thin curved line (quadratic Bezier, 2-3 px) lighter or darker than the surface around it."""
+    """A curved line (quadratic Bezier, 4-6.5 px at 256: wide enough to reach stride-16 features) 40 %
+    lighter or darker than the surface around it."""
     s = _scale(image)
     length, angle = rng.uniform(60, 130) * s, rng.uniform(0, np.pi)
     direction = np.array([np.cos(angle), np.sin(angle)])
@@ -61,18 +62,18 @@ def scratch(image, rng, centre):
     t = np.linspace(0, 1, 48)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
     mask = np.zeros(image.shape[:2], np.uint8)
-    cv2.polylines(mask, [np.round(curve).astype(np.int32)], False, 1, max(1, int(round(rng.uniform(2.5, 4) * s))))
-    tone = _local_mean(image, centre, 20 * s) * rng.choice([0.55, 1.45])
+    cv2.polylines(mask, [np.round(curve).astype(np.int32)], False, 1, max(1, int(round(rng.uniform(4, 6.5) * s))))
+    tone = _local_mean(image, centre, 20 * s) * rng.choice([0.6, 1.4])
     layer = np.broadcast_to(np.clip(tone, 0.05, 0.95), image.shape)
     return blend(image, layer, mask * rng.uniform(0.65, 0.85))
 
 
 def hole(image, rng, centre):
-    """Missing material: an irregular patch where the surface texture is gone, showing a smooth, darker
-    substrate with a soft shadow towards one side."""
+    """Missing material: an irregular patch where the surface texture is gone, showing a smooth, slightly
+    darker substrate (10-25 %) with a soft shadow towards one side."""
     s = _scale(image)
     mask = blob_mask(image.shape[:2], centre, rng.uniform(12, 24) * s, rng)
-    substrate = cv2.GaussianBlur(image, (0, 0), 6 * s) * rng.uniform(0.6, 0.8)
+    substrate = cv2.GaussianBlur(image, (0, 0), 6 * s) * rng.uniform(0.75, 0.9)
     shade = np.linspace(0.85, 1.1, image.shape[0], dtype=np.float32)[:, None, None]
     return blend(image, np.clip(substrate * shade, 0, 1), soft_alpha(mask, 1.0 * s))
 
@@ -89,7 +90,7 @@ def stain(image, rng, centre):
 
 def foreign_object(image, rng, centre, other):
     """A particle of another material: a blob cut from the photograph `other` (HxWx3 float, at least the
-    image's size), its brightness pulled half-way to the surface's so it is no brightness outlier."""
+    image's size), its mean colour moved onto the surface's so only its texture and shape differ."""
     s = _scale(image)
     h, w = image.shape[:2]
     mask = blob_mask((h, w), centre, rng.uniform(9, 18) * s, rng)
@@ -99,19 +100,19 @@ def foreign_object(image, rng, centre, other):
         oy, ox = rng.integers(0, other.shape[0] - h + 1), rng.integers(0, other.shape[1] - w + 1)
         crops.append(np.roll(other[oy:oy + h, ox:ox + w], shift=(shift[1], shift[0]), axis=(0, 1)))
     patch = max(crops, key=lambda crop: float(crop[mask > 0].std()))
-    patch = patch + 0.5 * (_local_mean(image, centre, 20 * s) - patch[mask > 0].mean(axis=0))
+    patch = patch + (_local_mean(image, centre, 20 * s) - patch[mask > 0].mean(axis=0))
     return blend(image, np.clip(patch, 0, 1).astype(np.float32), soft_alpha(mask, 0.7 * s))
 
 
 def misplaced_patch(image, rng, centre):
-    """Cut-and-paste: a blob of the same image from elsewhere, rotated and shrunk (a finer copy of the
-    surface or a small misplaced part), pasted at `centre`."""
+    """Cut-and-paste: a blob of the same image from elsewhere, rotated and magnified 3-4x (a coarser copy
+    of the surface or an oversized part), pasted at `centre`."""
     s = _scale(image)
     h, w = image.shape[:2]
     mask = blob_mask((h, w), centre, rng.uniform(15, 26) * s, rng)
     source = (rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h)
     matrix = cv2.getRotationMatrix2D(source, float(rng.choice([90, 180, 270]) + rng.uniform(-20, 20)),
-                                     rng.uniform(0.3, 0.45))
+                                     rng.uniform(3.0, 4.0))
     matrix[:, 2] += np.asarray(centre) - np.asarray(source)  # move the source point onto the centre
     layer = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return blend(image, layer, soft_alpha(mask, 0.8 * s))
