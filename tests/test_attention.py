@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.reconstructions.attention import FastMultiheadAttention, _keep_mask, dropout
-from models.reconstructions.transformer import build_neighbor_mask
+from models.reconstructions.attention import FastMultiheadAttention
+from models.reconstructions.attention_core import attention_with_dropout
+from models.reconstructions.dropout import dropout, keep_mask as _keep_mask, relu_keep
+from models.reconstructions.transformer import TransformerEncoderLayer, build_neighbor_mask
 
 E, HEADS, L, B = 32, 4, 16, 3
 
@@ -78,18 +80,57 @@ def test_gradients_match_torch_in_train_mode_without_dropout():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-5, msg=name)
 
 
-def test_train_mode_dropout_path_is_softmax_times_kept_mask():
-    """The explicit CPU path with dropout equals softmax(q k^T + mask) * keep/(1-p) @ v for the drawn keep (q pre-scaled)."""
-    p = 0.3
-    fast, _ = _pair(p=p, seed=7)
-    q, k, v = (torch.randn(2, HEADS, L, E // HEADS) for _ in range(3))
-    mask = build_neighbor_mask((4, 4), (3, 3))
+def _reference_core(q, k, v, mask, keep, p):
+    """softmax(q k^T + mask) * keep / (1 - p) @ v in plain autograd ops; [B, L, h, d] layout."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    weights = (q @ k.transpose(-1, -2) + mask).softmax(-1) * keep / (1 - p)
+    return (weights @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("shared_query", [False, True])
+def test_dropout_core_forward_and_gradients_equal_the_plain_formula(shared_query):
+    """The per-image core equals softmax(q k^T + mask) * keep/(1-p) @ v for the keep it draws, and so
+    do its gradients (float64, q shared by the batch as the decoder's learned queries, or not)."""
+    p, d = 0.3, E // HEADS
+    gen = torch.Generator().manual_seed(12)
+    q = torch.randn(1 if shared_query else B, L, HEADS, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(B, L, HEADS, d, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = build_neighbor_mask((4, 4), (3, 3)).double()
     torch.manual_seed(11)
-    out = fast._attend_explicit(q, k, v, mask, p)
+    out = attention_with_dropout(q, k, v, mask, p)
     torch.manual_seed(11)
-    keep = _keep_mask((2 * HEADS, L, L), p).view(2, HEADS, L, L)
-    weights = (q @ k.transpose(-1, -2) + mask).softmax(-1)
-    torch.testing.assert_close(out, (weights * keep / (1 - p)) @ v, atol=1e-5, rtol=1e-5)
+    keep = _keep_mask((B, HEADS, L, L), p).double()
+    assert 0 < keep.mean() < 1
+    ref = _reference_core(q, k, v, mask, keep, p)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=name)
+
+
+def test_relu_keep_forward_and_gradient():
+    x = torch.randn(6, 50, requires_grad=True)
+    torch.manual_seed(4)
+    y = relu_keep(x, 0.25)
+    torch.manual_seed(4)
+    keep = _keep_mask(x.shape, 0.25).float()
+    torch.testing.assert_close(y, x.relu() * keep, atol=0, rtol=0)
+    y.backward(torch.full_like(y, 2.0))
+    torch.testing.assert_close(x.grad, 2.0 * keep * (x > 0).float(), atol=0, rtol=0)
+
+
+def test_fast_ffn_in_training_is_linear2_of_dropped_relu():
+    """The fused FFN (mask without scale, 1/(1-p) folded into linear2's weight) equals the textbook one."""
+    layer = TransformerEncoderLayer(E, HEADS, 64, 0.2, "relu", False, "fast").train()
+    x = torch.randn(B, L, E)
+    torch.manual_seed(9)
+    got = layer._ffn(x)
+    torch.manual_seed(9)
+    keep = _keep_mask((B, L, 64), 0.2).float()
+    want = layer.linear2(layer.linear1(x).relu() * keep / 0.8)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_eval_and_zero_dropout_use_no_randomness():
@@ -107,7 +148,7 @@ def test_dropout_statistics_scale_and_reproducibility():
     assert torch.equal(y, dropout(x, 0.1, True))
     values = y.unique()
     assert len(values) == 2 and values[0] == 0 and values[1] == pytest.approx(1 / 0.9)
-    # Even / odd elements come from the low / high 32-bit halves of the 64-bit draws: both must be fair.
+    # Even / odd elements come from the low / high 32-bit halves of the 64-bit words: both must be fair.
     for half in (y[:, 0::2], y[:, 1::2]):
         kept = (half != 0).float().mean().item()
         assert abs(kept - 0.9) < 5 * math.sqrt(0.09 / half.numel())

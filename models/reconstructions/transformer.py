@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.reconstructions.attention import FastMultiheadAttention, dropout as fast_dropout, dropout_add
+from models.reconstructions.attention import FastMultiheadAttention
+from models.reconstructions.dropout import dropout as fast_dropout, dropout_add, relu_keep
 
 ATTN_IMPLS = ("fast", "torch")
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
@@ -89,6 +90,11 @@ class _FeedForwardMixin:
         return residual + F.dropout(x, self.dropout_p, self.training)
 
     def _ffn(self, x):
+        p = self.dropout_p
+        if self._fast and self.training and self.activation is F.relu and 0.0 < p < 1.0 and x.device.type == "cpu":
+            # relu + dropout in one pass; dropout's 1 / (1 - p) goes on linear2's weight instead.
+            weight = self.linear2.weight * (1.0 / (1.0 - p))
+            return F.linear(relu_keep(self.linear1(x), p), weight, self.linear2.bias)
         return self.linear2(self._drop(self.activation(self.linear1(x))))
 
 

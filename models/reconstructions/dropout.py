@@ -1,0 +1,109 @@
+"""Dropout for the fast path: the CPU keep mask from 32-bit integer words, and residual + dropout fused.
+
+On CPU, `F.dropout` draws one Bernoulli per element through a serial generator loop, which costs more
+than this model's matrix products. Here a fast generator (numpy's SFC64, seeded from torch's CPU
+generator) gives one 32-bit word per element, and an element is kept when its word is above a
+threshold: the drop probability is p rounded to a multiple of 2**-32 (finer than float32 uniforms).
+Seeding torch makes it reproducible. Elsewhere (CUDA, ...) `F.dropout` is used as is.
+"""
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def dropout(x, p, training):
+    """Inverted dropout with keep probability 1 - p (rounded as `keep_mask`); F.dropout off the CPU."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def dropout_add(residual, x, p, training):
+    """residual + dropout(x, p, training), fused into one `addcmul` pass on CPU."""
+    if not training or p == 0.0:
+        return residual + x
+    if x.device.type != "cpu" or p >= 1.0:
+        return residual + F.dropout(x, p, True)
+    return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
+
+
+def keep_mask(shape, p, dtype=torch.bool):
+    """Tensor of `shape` and `dtype`: 1 (True) with probability 1 - round(p * 2**32) / 2**32, else 0.
+
+    Each element's 32-bit word comes from numpy's SFC64 generator. A large mask is filled in
+    `torch.get_num_threads()` contiguous parts, each by its own SFC64 seeded by one 64-bit draw of
+    torch's global CPU generator, in parallel (numpy and torch release the GIL): the parts and seeds
+    do not depend on the thread timing, so torch.manual_seed and the saved torch RNG state determine
+    every mask.
+    """
+    dropped_words = round(p * 2**32)
+    if dropped_words >= 2**32:  # the threshold would overflow int32: nothing is kept
+        return torch.zeros(shape, dtype=dtype, device="cpu")
+    numel = math.prod(shape)
+    keep = torch.empty(numel, dtype=torch.bool)
+    parts = _parts(numel, torch.get_num_threads() if numel >= _PARALLEL_MIN else 1)
+    seeds = torch.empty(len(parts), dtype=torch.int64).random_(0, None).tolist()
+    jobs = [(seed, keep[lo:hi], dropped_words - 2**31) for seed, (lo, hi) in zip(seeds, parts)]
+    if len(jobs) == 1:
+        _fill_keep(jobs[0])
+    else:
+        list(_pool().map(_fill_keep, jobs))
+    keep = keep.view(shape)
+    # bool -> float is a scalar loop on CPU (and so is comparing straight into a float output, or
+    # multiplying by a bool tensor): ~10x slower than the vectorised uint8 -> float conversion.
+    return keep if dtype == torch.bool else keep.view(torch.uint8).to(dtype)
+
+
+_PARALLEL_MIN = 1 << 18  # below this many elements, a thread hand-off costs more than it saves
+_POOL = None
+
+
+def _parts(numel, count):
+    """`count` contiguous (lo, hi) ranges covering [0, numel), boundaries even (whole 64-bit words)."""
+    bounds = [min(numel, (numel * i // count + 1) & ~1) for i in range(count)] + [numel]
+    bounds[0] = 0
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _fill_keep(job):
+    """keep[:] = (word >= threshold) for SFC64(seed)'s uint32 words viewed as int32."""
+    seed, keep, threshold = job
+    count = keep.numel()
+    words = np.random.SFC64(seed).random_raw((count + 1) // 2).view(np.int32)[:count]
+    torch.ge(torch.from_numpy(words), threshold, out=keep)
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()), thread_name_prefix="keep_mask")
+    return _POOL
+
+
+def relu_keep(x, p):
+    """relu(x) * keep, keep ~ Bernoulli(1 - p), WITHOUT the 1 / (1 - p) scale (CPU, training).
+
+    The caller folds the scale into the next linear layer's (small) weight, which saves a pass over
+    the (large) FFN activations. The backward needs only the output: it is non-zero exactly where x > 0
+    and the element was kept, and the gradient is 1 there and 0 elsewhere.
+    """
+    return _ReluKeep.apply(x, p)
+
+
+class _ReluKeep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p):
+        # In place on the fresh relu output; multiplying by the uint8 mask needs no float copy of it.
+        out = x.clamp_min(0).mul_(keep_mask(x.shape, p).view(torch.uint8))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
