@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from models.reconstructions.attention import FastMultiheadAttention
+from models.reconstructions import attention_core
 from models.reconstructions.attention_core import attention_with_dropout
 from models.reconstructions.dropout import dropout, keep_mask as _keep_mask, relu_keep
 from models.reconstructions.transformer import TransformerEncoderLayer, build_neighbor_mask
@@ -87,10 +88,13 @@ def _reference_core(q, k, v, mask, keep, p):
     return (weights @ v).transpose(1, 2)
 
 
+@pytest.mark.parametrize("images_per_chunk", [1, 2, 3])
 @pytest.mark.parametrize("shared_query", [False, True])
-def test_dropout_core_forward_and_gradients_equal_the_plain_formula(shared_query):
-    """The per-image core equals softmax(q k^T + mask) * keep/(1-p) @ v for the keep it draws, and so
-    do its gradients (float64, q shared by the batch as the decoder's learned queries, or not)."""
+def test_dropout_core_forward_and_gradients_equal_the_plain_formula(shared_query, images_per_chunk, monkeypatch):
+    """The blocked core equals softmax(q k^T + mask) * keep/(1-p) @ v for the keep it draws, and so
+    do its gradients (float64, q shared by the batch as the decoder's learned queries, or not), for
+    blocks of one image (views), of two (a ragged last block) and of the whole batch."""
+    monkeypatch.setattr(attention_core, "CHUNK_BYTES", images_per_chunk * HEADS * L * L * 8)
     p, d = 0.3, E // HEADS
     gen = torch.Generator().manual_seed(12)
     q = torch.randn(1 if shared_query else B, L, HEADS, d, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -93,7 +93,7 @@ def test_summarize_derives_ratio_share_and_projection():
 @pytest.fixture(scope="module")
 def tiny_result():
     args = benchmark.build_parser().parse_args(
-        ["train", "--images", "8", "--batch", "4", "--warmup", "1", "--iters", "1", "--workers", "0",
+        ["train", "--images", "8", "--batch", "4", "--warmup", "1", "--iters", "1", "--rounds", "2", "--workers", "0",
          "--peak-size", "128", "--opts", *TINY_OPTS])
     return bench_train.main(args)
 
@@ -103,7 +103,8 @@ def test_tiny_benchmark_reports_every_field(tiny_result):
     for key in ("original_ms", "ours_ms", "ratio", "epoch1_ms", "achieved_gflops", "peak_share",
                 "inference_ms", "projected_ours_h", "projected_original_h", "peak_fp32"):
         assert math.isfinite(r[key]) and r[key] > 0, key
-    assert r["steps"] == 1 and len(r["original"]["step_s"]) == 1
+    # 2 rounds of 1 timed step each side, interleaved: (a), (b), (a), (b)
+    assert r["steps"] == 2 and len(r["original"]["step_s"]) == 2 and r["rounds"] == 2
     assert r["counted_train"] == r["formula_train"]  # batch 1 on the torch path: exact
     assert r["ratio"] == pytest.approx(r["original_ms"] / r["ours_ms"])
     assert r["ok"] == (r["ratio"] >= bench_train.MIN_RATIO)
@@ -111,7 +112,7 @@ def test_tiny_benchmark_reports_every_field(tiny_result):
         assert r["ours"][key] > 0
     md = r["markdown"]
     assert "speed-up (a) / (b)" in md and f"{r['ratio']:.2f}x" in md and "GFLOP/s" in md
-    assert "--iters 1" in md and "VmHWM" in md and "tools/gpu_check.sh" in md
+    assert "--iters 1" in md and "--rounds 2" in md and "2 rounds" in md and "VmHWM" in md and "tools/gpu_check.sh" in md
 
 
 def test_doc_keeps_the_metrics_section(tiny_result, tmp_path):
@@ -133,3 +134,9 @@ def test_all_runs_metrics_and_train(monkeypatch, tmp_path):
     assert benchmark.main(["all", "--doc", str(doc)]) == 0
     assert [c[0] for c in calls] == ["metrics", "train"]
     assert "section metrics" in doc.read_text() and "section train" in doc.read_text()
+
+
+def test_rounds_below_one_are_refused():
+    with pytest.raises(ValueError, match="--rounds must be at least 1"):
+        bench_train.run_benchmark(images=8, batch=4, warmup=1, iters=1, rounds=0, workers=0, peak_size=128,
+                                  opts=TINY_OPTS)

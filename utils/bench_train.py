@@ -4,9 +4,11 @@
     UniAD with ``attn_impl="torch"`` (``nn.MultiheadAttention``), fp32, AdamW with ``foreach=False``,
     ``clip_grad_norm_`` over all parameters; timed on batches already decoded in memory (which favours
     it: the original also decodes images every step).
-(b) OUR way: the real code path, ``utils.engine.train_one_epoch`` over the frozen-feature cache in its
-    second epoch (the first fills the cache and is timed apart), fast attention, the config's optimizer
-    from ``build_optimizer``, ``trainer.amp`` / ``trainer.compile`` as configured.
+(b) OUR way: the real code path, ``utils.engine.train_one_epoch`` over the frozen-feature cache in
+    its cached epochs (the first fills the cache and is timed apart), fast attention, the config's
+    optimizer from ``build_optimizer``, ``trainer.amp`` / ``trainer.compile`` as configured.
+The two sides alternate for ``rounds`` rounds and the medians pool every round, so a change of the
+shared machine's speed during the run affects both sides alike.
 
 Also: the transformer's matmul FLOPs per image (formula, cross-checked with ``FlopCounterMode``), the
 machine's measured matmul peak and the share of it (b) reaches, inference time of the full model, and
@@ -269,23 +271,28 @@ def _original_model(cfg, device: torch.device) -> ModelHelper:
     return ModelHelper(net).to(device)
 
 
-def time_original(cfg, batches: list, device: torch.device, warmup: int, iters: int) -> dict:
-    """(a): ``warmup + iters`` full-model training steps the original way on in-memory ``batches``
-    (cycled). Returns step_ms (per timed step), peak/delta bytes, and the torch-path model."""
-    torch.manual_seed(cfg.random_seed)
-    model = _original_model(cfg, device).train()
-    criterion = build_criterion(cfg.criterion)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, **dict(cfg.trainer.optimizer.kwargs), foreach=False)
-    clip = cfg.trainer.get("clip_max_norm")
-    times = []
-    with PeakMemory(device) as memory:
-        for i in range(warmup + iters):
+class OriginalSide:
+    """(a): the full model the original way, its AdamW (foreach=False) and clip, on in-memory batches."""
+
+    def __init__(self, cfg, batches: list, device: torch.device):
+        torch.manual_seed(cfg.random_seed)
+        self.model = _original_model(cfg, device).train()
+        self.criterion = build_criterion(cfg.criterion)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, **dict(cfg.trainer.optimizer.kwargs), foreach=False)
+        self.clip, self.batches, self.device, self.done = cfg.trainer.get("clip_max_norm"), batches, device, 0
+
+    def run(self, warmup: int, iters: int) -> list:
+        """``warmup + iters`` steps on the batches (cycled); returns the seconds of the last ``iters``."""
+        times = []
+        for _ in range(warmup + iters):
             start = time.perf_counter()
-            _original_step(model, batches[i % len(batches)], criterion, optimizer, clip)
-            _sync(device)
+            _original_step(self.model, self.batches[self.done % len(self.batches)], self.criterion,
+                           self.optimizer, self.clip)
+            _sync(self.device)
             times.append(time.perf_counter() - start)
-    return {"step_s": times[warmup:], "peak": memory.peak, "delta": memory.delta, "model": model}
+            self.done += 1
+        return times[warmup:]
 
 
 def _original_step(model, batch, criterion, optimizer, clip) -> None:
@@ -300,36 +307,40 @@ def _original_step(model, batch, criterion, optimizer, clip) -> None:
 
 # ---------------------------------------------------------------------------------------- (b) ours
 
-def time_ours(cfg, device: torch.device, warmup: int, iters: Optional[int]) -> dict:
-    """(b): epoch 1 (fills the cache) then epoch 2 through ``train_one_epoch``, timed per iteration.
+class OurSide:
+    """(b): the real code path: ``train_one_epoch`` over the frozen-feature cache, fast attention, the
+    config's optimizer and ``trainer.amp`` / ``trainer.compile``. Construction runs epoch 1 (which
+    fills the cache); ``run()`` times one cached epoch."""
 
-    Returns epoch1_s, step_s (epoch-2 iterations after ``warmup``), the peaks, the model, the test
-    loader and the amp decision.
-    """
-    torch.manual_seed(cfg.random_seed)
-    model = ModelHelper(cfg.net).to(device)
-    amp = resolve_amp(cfg.trainer.get("amp", False), device, LOGGER)
-    if cfg.trainer.get("compile", False):
-        compile_child(model, "reconstruction", LOGGER)
-    train_loader, val_loader = build_dataloader(cfg.dataset, False, seed=cfg.random_seed,
-                                                pin_memory=device.type == "cuda")
-    optimizer = build_optimizer(cfg.trainer.optimizer, model, model.trainable_names)
-    train_iter, _, start = cached_loaders(cfg, model, train_loader, None, SimpleNamespace(device=device), LOGGER)
-    if start is None:
-        raise RuntimeError(f"{cfg.config_file}: the feature cache is off for this config (see the "
-                           "'feature cache off' reason in the log), so there is no cached epoch to time")
-    _check_warmup(warmup, len(train_iter))
-    run = _EpochRunner(model, build_criterion(cfg.criterion), optimizer, cfg.trainer, start, amp)
-    with PeakMemory(device) as fill_memory:
-        epoch1_s = run(train_iter, 0, device)
-    train_loader.sampler.set_epoch(1)
-    clock = IterationClock(train_iter, len(train_iter) if iters is None else warmup + iters, device)
-    with PeakMemory(device) as memory:
-        run(clock, 1, device)
-    return {"epoch1_s": epoch1_s, "epoch1_images": len(train_loader.dataset),
-            "step_s": clock.durations()[warmup:], "peak": memory.peak, "delta": memory.delta,
-            "fill_peak": fill_memory.peak, "fill_delta": fill_memory.delta,
-            "model": model, "val_loader": val_loader, "amp": amp}
+    def __init__(self, cfg, device: torch.device, warmup: int, iters: Optional[int]):
+        torch.manual_seed(cfg.random_seed)
+        self.model = ModelHelper(cfg.net).to(device)
+        self.amp = resolve_amp(cfg.trainer.get("amp", False), device, LOGGER)
+        if cfg.trainer.get("compile", False):
+            compile_child(self.model, "reconstruction", LOGGER)
+        self.train_loader, self.val_loader = build_dataloader(cfg.dataset, False, seed=cfg.random_seed,
+                                                              pin_memory=device.type == "cuda")
+        optimizer = build_optimizer(cfg.trainer.optimizer, self.model, self.model.trainable_names)
+        self.train_iter, _, start = cached_loaders(cfg, self.model, self.train_loader, None,
+                                                   SimpleNamespace(device=device), LOGGER)
+        if start is None:
+            raise RuntimeError(f"{cfg.config_file}: the feature cache is off for this config (see the "
+                               "'feature cache off' reason in the log), so there is no cached epoch to time")
+        _check_warmup(warmup, len(self.train_iter))
+        self.runner = _EpochRunner(self.model, build_criterion(cfg.criterion), optimizer, cfg.trainer, start, self.amp)
+        self.device, self.warmup, self.epoch = device, warmup, 1
+        self.limit = len(self.train_iter) if iters is None else warmup + iters
+        with PeakMemory(device) as fill_memory:
+            self.epoch1_s = self.runner(self.train_iter, 0, device)
+        self.fill_peak, self.fill_delta = fill_memory.peak, fill_memory.delta
+
+    def run(self) -> list:
+        """One cached epoch; returns the seconds of its iterations after the warm-up ones."""
+        self.train_loader.sampler.set_epoch(self.epoch)
+        clock = IterationClock(self.train_iter, self.limit, self.device)
+        self.runner(clock, self.epoch, self.device)
+        self.epoch += 1
+        return clock.durations()[self.warmup:]
 
 
 def _check_warmup(warmup: int, iterations: int) -> None:
@@ -346,7 +357,7 @@ class _EpochRunner:
         self.trainer, self.start, self.amp = trainer, start, amp
 
     def __call__(self, loader, epoch: int, device: torch.device) -> float:
-        plan = EpochPlan(epoch, 2, print_freq=len(loader), tb_freq=len(loader),
+        plan = EpochPlan(epoch, epoch + 1, print_freq=len(loader), tb_freq=len(loader),
                          clip_max_norm=self.trainer.get("clip_max_norm"), model_start=self.start, amp=self.amp)
         begin = time.perf_counter()
         train_one_epoch(self.model, loader, self.criterion, self.optimizer, plan, LOGGER)
@@ -374,7 +385,7 @@ def time_inference(model, batches: list, criterion, device: torch.device, amp: b
 def run_benchmark(config: str = str(DEFAULT_CONFIG), images: int = 64, batch: int = 8, warmup: int = 2,
                   iters: Optional[int] = None, device: Optional[str] = None, amp: bool = False,
                   compile_: bool = False, workers: Optional[int] = None, peak_size: Optional[int] = None,
-                  opts: Sequence[str] = ()) -> dict:
+                  opts: Sequence[str] = (), rounds: int = 3) -> dict:
     """The whole benchmark in one process; returns the numbers (see ``summarize``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     warning = load_warning() if dev.type == "cpu" else None
@@ -384,31 +395,44 @@ def run_benchmark(config: str = str(DEFAULT_CONFIG), images: int = 64, batch: in
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         cfg = benchmark_config(config, Path(tmp), batch, amp, compile_, workers, opts)
         write_synthetic_mvtec(Path(tmp), images, 3 * batch, cfg.dataset.input_size[0])
-        raw = _measure(cfg, dev, warmup, iters, peak_size)
-    raw.update(config=str(config), images=images, batch=batch, warmup=warmup, device=str(dev),
+        raw = _measure(cfg, dev, warmup, iters, peak_size, rounds)
+    raw.update(config=str(config), images=images, batch=batch, warmup=warmup, device=str(dev), rounds=rounds,
                amp_requested=amp, compile=compile_, load_before=load_before, load_after=os.getloadavg())
     return summarize(raw)
 
 
-def _measure(cfg, device: torch.device, warmup: int, iters: Optional[int], peak_size: Optional[int]) -> dict:
-    """Peak matmul, (a), the FLOP count, (b) and inference, in this order, in this process."""
+def _measure(cfg, device: torch.device, warmup: int, iters: Optional[int], peak_size: Optional[int],
+             rounds: int) -> dict:
+    """Peak matmul, then ``rounds`` alternations of (a) steps and (b) epochs (so a drift of the
+    machine's speed hits both sides alike), the FLOP count and inference, in this process."""
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {rounds}")
     peak_size = peak_size or (8192 if device.type == "cuda" else 2048)
     raw = {"peak_fp32": _phase("matmul peak", matmul_peak, device, peak_size), "peak_size": peak_size}
     batches = _image_batches(cfg)
     _check_warmup(warmup, len(batches))
     timed = len(batches) - warmup if iters is None else min(iters, len(batches) - warmup)
-    original = _phase("(a) original steps", time_original, cfg, batches, device, warmup, timed)
-    del batches
-    reconstruction = original.pop("model").reconstruction
+    original = _phase("(a) set-up", OriginalSide, cfg, batches, device)
+    ours = _phase("(b) set-up and epoch 1 (cache fill)", OurSide, cfg, device, warmup, iters)
+    a_steps, b_steps, memory = [], [], {}
+    for r in range(rounds):
+        with PeakMemory(device) as memory["a"]:
+            a_steps += _phase(f"(a) original steps, round {r + 1}/{rounds}", original.run, warmup, timed)
+        with PeakMemory(device) as memory["b"]:
+            b_steps += _phase(f"(b) our cached epoch, round {r + 1}/{rounds}", ours.run)
+    reconstruction = original.model.reconstruction
     rec_kwargs = {**_reconstruction_kwargs(cfg), "inplanes": reconstruction.get_outplanes()}
     feats = torch.randn(1, rec_kwargs["inplanes"][0], *rec_kwargs["feature_size"], device=device)
     raw["counted_fwd"], raw["counted_train"] = _phase("FLOP count", counted_flops, reconstruction, feats)
-    del reconstruction
-    ours = _phase("(b) our epochs 1 and 2", time_ours, cfg, device, warmup, iters)
-    raw["peak_bf16"] = matmul_peak(device, peak_size, torch.bfloat16) if ours["amp"] else None
-    raw["inference"] = _phase("inference", time_inference, ours.pop("model"), list(ours.pop("val_loader")),
-                              build_criterion(cfg.criterion), device, ours["amp"])
-    raw.update(original=original, ours=ours, formula_fwd=reconstruction_forward_flops(rec_kwargs),
+    del original, batches, reconstruction
+    raw["peak_bf16"] = matmul_peak(device, peak_size, torch.bfloat16) if ours.amp else None
+    raw["inference"] = _phase("inference", time_inference, ours.model, list(ours.val_loader),
+                              build_criterion(cfg.criterion), device, ours.amp)
+    raw.update(original={"step_s": a_steps, "peak": memory["a"].peak, "delta": memory["a"].delta},
+               ours={"step_s": b_steps, "epoch1_s": ours.epoch1_s, "epoch1_images": len(ours.train_loader.dataset),
+                     "peak": memory["b"].peak, "delta": memory["b"].delta, "fill_peak": ours.fill_peak,
+                     "fill_delta": ours.fill_delta, "amp": ours.amp},
+               formula_fwd=reconstruction_forward_flops(rec_kwargs),
                formula_train=reconstruction_train_flops(rec_kwargs),
                input_size=list(cfg.dataset.input_size), clip=cfg.trainer.get("clip_max_norm"))
     return raw
@@ -497,12 +521,13 @@ def to_markdown(r: dict, command: str) -> str:
         f"Date: {datetime.date.today().isoformat()}; load average before {_load(r['load_before'])}, "
         f"after {_load(r['load_after'])} (shared machine: other jobs ran at the same time)", "",
         f"Synthetic MVTec-like data: {r['images']} training images at "
-        f"{r['input_size']} px, batch {r['batch']}, {r['warmup']} warm-up steps, then {r['steps']} timed "
-        "steps on each side; medians (means in brackets).", "",
+        f"{r['input_size']} px, batch {r['batch']}; {r['rounds']} rounds, each (a) {r['warmup']} warm-up + "
+        f"{r['steps'] // r['rounds']} timed steps then (b) one cached epoch ({r['warmup']} untimed + "
+        f"{r['steps'] // r['rounds']} timed iterations); medians over all rounds (means in brackets).", "",
         "| measured in one run | value |", "| --- | --- |",
         f"| (a) original step: backbone every step, `nn.MultiheadAttention`, fp32, AdamW foreach=False, "
         f"clip {r['clip']} | {r['original_ms']:.1f} ms/img ({r['original_mean_ms']:.1f}) |",
-        f"| (b) our epoch 2: `train_one_epoch` on the feature cache, fast attention, config optimizer"
+        f"| (b) our cached epochs: `train_one_epoch` on the feature cache, fast attention, config optimizer"
         f"{', bf16 autocast' if b['amp'] else ''}{', compiled' if r['compile'] else ''} | "
         f"{r['ours_ms']:.1f} ms/img ({r['ours_mean_ms']:.1f}) |",
         f"| **speed-up (a) / (b)** (acceptance >= {MIN_RATIO}) | **{r['ratio']:.2f}x** |",
@@ -513,7 +538,7 @@ def to_markdown(r: dict, command: str) -> str:
         f"| {unit} matmul peak, `torch.mm` {r['peak_size']}x{r['peak_size']}, best of 5 | {peak / 1e9:,.1f} GFLOP/s |",
         f"| (b) achieved, share of that peak | {r['achieved_gflops']:,.1f} GFLOP/s, **{r['peak_share']:.0%}** |",
         f"| inference: eval forward of the full model, batch {r['batch']} | {r['inference_ms']:.1f} ms/img |",
-        f"| peak memory {_memory_kind(r['device'])}: (a) steps / (b) epoch 1 / (b) epoch 2 / inference | "
+        f"| peak memory {_memory_kind(r['device'])}: (a) steps / (b) epoch 1 / (b) cached epoch / inference | "
         f"{_mib(o['peak'])} / {_mib(b['fill_peak'])} / {_mib(b['peak'])} / {_mib(r['inference']['peak'])} |",
         f"| ... of which above the phase's start | {_mib(o['delta'])} / {_mib(b['fill_delta'])} / "
         f"{_mib(b['delta'])} / {_mib(r['inference']['delta'])} |",
@@ -536,8 +561,8 @@ def _notes(r: dict) -> list:
         "fast path projects the shared decoder queries once per batch and does a little less); the",
         "backward is two products per forward product, minus input_proj's input gradient (frozen",
         "features). The projection is one process on this device: 1000 epochs x 3,629 images x (b),",
-        "plus the one-off extra of the cache fill. Ratios are measured in one process; absolute times",
-        "on this shared machine vary with load.", "",
+        "plus the one-off extra of the cache fill. Ratios are measured in one process, the sides",
+        "alternating round by round; absolute times on this shared machine vary with load.", "",
     ]
     if r["device"].startswith("cuda"):
         return notes
@@ -563,12 +588,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compile", action="store_true", help="trainer.compile=true for (b)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's)")
     parser.add_argument("--peak-size", type=int, default=None, help="matmul side for the peak (2048 CPU, 8192 GPU)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternations of (a) steps and (b) epochs; medians pool all rounds")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides")
 
 
 def _command(args) -> str:
     parts = [f"python tools/benchmark.py train --config {args.config} --images {args.images} "
-             f"--batch {args.batch} --warmup {args.warmup}"]
+             f"--batch {args.batch} --warmup {args.warmup} --rounds {args.rounds}"]
     parts += [f"--iters {args.iters}"] if args.iters is not None else []
     parts += [f"--device {args.device}"] if args.device else []
     parts += ["--amp"] if args.amp else []
@@ -581,7 +608,7 @@ def _command(args) -> str:
 def main(args) -> dict:
     """Run, print and check the ratio against ``MIN_RATIO``; returns the result + ``markdown``."""
     result = run_benchmark(args.config, args.images, args.batch, args.warmup, args.iters, args.device,
-                           args.amp, args.compile, args.workers, args.peak_size, args.opts)
+                           args.amp, args.compile, args.workers, args.peak_size, args.opts, args.rounds)
     print(f"(a) original {result['original_ms']:.1f} ms/img | (b) ours {result['ours_ms']:.1f} ms/img | "
           f"ratio {result['ratio']:.2f}x | epoch 1 {result['epoch1_ms']:.1f} ms/img | "
           f"{result['achieved_gflops']:.1f} GFLOP/s = {result['peak_share']:.0%} of peak | "

@@ -1,4 +1,4 @@
-"""Attention core with dropout on the attention weights, computed one image at a time (CPU training).
+"""Attention core with dropout on the attention weights, computed a few images at a time (CPU training).
 
     out = (softmax(q k^T + mask) * keep / (1 - p)) v,   keep ~ Bernoulli(1 - p) per weight,
 
@@ -6,13 +6,15 @@ exactly what `nn.MultiheadAttention` computes in training mode (q arrives pre-sc
 Why a hand-written autograd Function: on these CPUs the element-wise passes over the [B*h, L, S]
 weights (mask add, softmax, the dropout mask and its product, the same three backwards) run at memory
 speed, ~5 ms each at MVTec size, and took more time than the attention matrix products. Here every
-such pass works on one image's [h, L, S] block while it is in cache, heads are read straight from the
-[B, L, h, d] projections (no head-split copies), and only the softmax output and the 0/1 keep mask are kept for the
-backward.
+such pass works on a block of a few images' weights (CHUNK_BYTES) while it is in cache, only the
+softmax output P and the dropped weights D are kept for the backward, and the backward needs three
+passes over a block (`_softmax_dropout_backward`) instead of five.
 """
 import torch
 
 from models.reconstructions.dropout import keep_mask
+
+CHUNK_BYTES = 4 << 20  # attention weights per block: fits the last-level cache, few enough Python steps
 
 
 def attention_with_dropout(q, k, v, attn_mask, p):
@@ -21,54 +23,78 @@ def attention_with_dropout(q, k, v, attn_mask, p):
     return _ChunkedAttention.apply(q, k, v, attn_mask, p)
 
 
+def _chunks(batch, heads, length, keys, itemsize):
+    """[(b0, b1)] image ranges whose weights take at most CHUNK_BYTES (at least one image each)."""
+    per_image = max(1, CHUNK_BYTES // (heads * length * keys * itemsize))
+    return [(b, min(b + per_image, batch)) for b in range(0, batch, per_image)]
+
+
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, attn_mask, p):
         batch, length, heads, head_dim = k.shape[0], q.shape[1], q.shape[2], q.shape[3]
         scale = 1.0 / (1.0 - p)
         out = torch.empty(batch, length, heads, head_dim, dtype=q.dtype, device=q.device)
+        chunks = _chunks(batch, heads, length, k.shape[1], q.element_size())
+        keep_all = keep_mask((batch * heads, length, k.shape[1]), p).view(torch.uint8)  # one draw
         probs, keeps = [], []
-        keep_all = keep_mask((batch, heads, length, k.shape[1]), p).view(torch.uint8)  # one draw for the batch
-        for b in range(batch):
-            qb, kb, vb = _heads(q, b), _heads(k, b), _heads(v, b)
-            scores = torch.bmm(qb, kb.transpose(1, 2))  # [h, L, S]
+        for b0, b1 in chunks:
+            qc, kc, vc = _heads(q, b0, b1), _heads(k, b0, b1), _heads(v, b0, b1)
+            scores = torch.bmm(qc, kc.transpose(1, 2))  # [n*h, L, S]
             if attn_mask is not None:
                 scores.add_(attn_mask)
             prob = torch.softmax(scores, dim=-1)
-            # 0/1 in the weights' dtype, converted once: float * uint8 would convert on every use.
-            keep = keep_all[b].to(prob.dtype)
-            dropped = torch.mul(prob, keep, out=scores)
-            torch.mul(torch.bmm(dropped, vb).transpose(0, 1), scale, out=out[b])
+            dropped = torch.mul(prob, keep_all[b0 * heads:b1 * heads], out=scores)  # prob * keep (0/1)
+            _put(out, b0, b1, torch.bmm(dropped, vc), scale)
             probs.append(prob)
-            keeps.append(keep)
+            keeps.append(dropped)
         ctx.save_for_backward(q, k, v, *probs, *keeps)
-        ctx.scale = scale
+        ctx.chunks, ctx.scale = chunks, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, *saved = ctx.saved_tensors
-        batch = k.shape[0]
-        probs, keeps = saved[:batch], saved[batch:]
+        count = len(ctx.chunks)
+        probs, droppeds = saved[:count], saved[count:]
         grad_q = torch.zeros_like(q) if q.shape[0] == 1 else torch.empty_like(q)
         grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
-        for b in range(batch):
-            qb, kb, vb = _heads(q, b), _heads(k, b), _heads(v, b)
-            g = grad_out[b].transpose(0, 1) * ctx.scale  # [h, L, d]
-            keep = keeps[b]
-            dropped = probs[b] * keep
-            grad_v[b].copy_(torch.bmm(dropped.transpose(1, 2), g).transpose(0, 1))
-            grad_prob = torch.bmm(g, vb.transpose(1, 2)).mul_(keep)
-            grad_scores = torch._softmax_backward_data(grad_prob, probs[b], -1, probs[b].dtype)
-            grad_qb = torch.bmm(grad_scores, kb).transpose(0, 1)
-            if q.shape[0] == 1:
-                grad_q[0].add_(grad_qb)
+        for (b0, b1), prob, dropped in zip(ctx.chunks, probs, droppeds):
+            qc, kc, vc = _heads(q, b0, b1), _heads(k, b0, b1), _heads(v, b0, b1)
+            g = _heads(grad_out, b0, b1)  # [n*h, L, d]
+            _put(grad_v, b0, b1, torch.bmm(dropped.transpose(1, 2), g), ctx.scale)
+            grad_scores = _softmax_dropout_backward(torch.bmm(g, vc.transpose(1, 2)), prob, dropped)
+            grad_qc = torch.bmm(grad_scores, kc) * ctx.scale
+            if q.shape[0] == 1:  # shared query: sum the images' gradients
+                grad_q[0].add_(grad_qc.unflatten(0, (b1 - b0, -1)).sum(0).transpose(0, 1))
             else:
-                grad_q[b].copy_(grad_qb)
-            grad_k[b].copy_(torch.bmm(grad_scores.transpose(1, 2), qb).transpose(0, 1))
+                _put(grad_q, b0, b1, grad_qc)
+            _put(grad_k, b0, b1, torch.bmm(grad_scores.transpose(1, 2), qc), ctx.scale)
         return grad_q, grad_k, grad_v, None, None
 
 
-def _heads(x, b):
-    """[B, L, h, d] -> image b's (or the shared image 0's) heads [h, L, d], a strided view."""
-    return x[b if x.shape[0] > 1 else 0].transpose(0, 1)
+def _softmax_dropout_backward(grad_dropped, prob, dropped):
+    """Gradient wrt the scores S of D = softmax(S) * keep, from dL/dD, P = softmax(S) and D (in place
+    on grad_dropped). With dP = dD * keep, softmax's backward P * (dP - sum(dP * P)) equals
+    D * dD - P * sum(D * dD), since P * keep = D and keep is 0/1: the mask itself is not needed."""
+    grad_dropped.mul_(dropped)  # D * dD
+    row_sums = grad_dropped.sum(dim=-1, keepdim=True)
+    return grad_dropped.addcmul_(prob, row_sums, value=-1.0)
+
+
+def _heads(x, b0, b1):
+    """[B, L, h, d] -> images b0..b1-1 as [n*h, L, d] (a view for one image, else a small copy);
+    a shared query (B = 1) is expanded to the n images."""
+    block = x[b0:b1] if x.shape[0] > 1 else x.expand(b1 - b0, -1, -1, -1)
+    if b1 - b0 == 1:
+        return block[0].transpose(0, 1)
+    return block.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+
+
+def _put(dest, b0, b1, value, scale=None):
+    """dest[b0:b1] ([n, L, h, d]) = value ([n*h, L, d]) (* scale)."""
+    value = value.unflatten(0, (b1 - b0, dest.shape[2])).transpose(1, 2)
+    if scale is None:
+        dest[b0:b1].copy_(value)
+    else:
+        torch.mul(value, scale, out=dest[b0:b1])
