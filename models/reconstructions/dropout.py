@@ -7,7 +7,6 @@ threshold: the drop probability is p rounded to a multiple of 2**-32 (finer than
 Seeding torch makes it reproducible. Elsewhere (CUDA, ...) `F.dropout` is used as is.
 """
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -35,54 +34,21 @@ def dropout_add(residual, x, p, training):
 def keep_mask(shape, p, dtype=torch.bool):
     """Tensor of `shape` and `dtype`: 1 (True) with probability 1 - round(p * 2**32) / 2**32, else 0.
 
-    Each element's 32-bit word comes from numpy's SFC64 generator. A large mask is filled in
-    `torch.get_num_threads()` contiguous parts, each by its own SFC64 seeded by one 64-bit draw of
-    torch's global CPU generator, in parallel (numpy and torch release the GIL): the parts and seeds
-    do not depend on the thread timing, so torch.manual_seed and the saved torch RNG state determine
-    every mask.
+    Each element's 32-bit word comes from numpy's SFC64 generator, seeded by one 64-bit draw of torch's
+    global CPU generator, so torch.manual_seed and the saved torch RNG state determine every mask.
+    (Filling parts of a mask in parallel threads was tried: the hand-off competes with the OpenMP
+    threads that spin after each parallel region, and training got slower.)
     """
     dropped_words = round(p * 2**32)
     if dropped_words >= 2**32:  # the threshold would overflow int32: nothing is kept
         return torch.zeros(shape, dtype=dtype, device="cpu")
     numel = math.prod(shape)
-    keep = torch.empty(numel, dtype=torch.bool)
-    parts = _parts(numel, torch.get_num_threads() if numel >= _PARALLEL_MIN else 1)
-    seeds = torch.empty(len(parts), dtype=torch.int64).random_(0, None).tolist()
-    jobs = [(seed, keep[lo:hi], dropped_words - 2**31) for seed, (lo, hi) in zip(seeds, parts)]
-    if len(jobs) == 1:
-        _fill_keep(jobs[0])
-    else:
-        list(_pool().map(_fill_keep, jobs))
-    keep = keep.view(shape)
+    seed = int(torch.empty((), dtype=torch.int64).random_(0, None))
+    words = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.int32)[:numel]
+    keep = torch.ge(torch.from_numpy(words).view(shape), dropped_words - 2**31)
     # bool -> float is a scalar loop on CPU (and so is comparing straight into a float output, or
     # multiplying by a bool tensor): ~10x slower than the vectorised uint8 -> float conversion.
     return keep if dtype == torch.bool else keep.view(torch.uint8).to(dtype)
-
-
-_PARALLEL_MIN = 1 << 18  # below this many elements, a thread hand-off costs more than it saves
-_POOL = None
-
-
-def _parts(numel, count):
-    """`count` contiguous (lo, hi) ranges covering [0, numel), boundaries even (whole 64-bit words)."""
-    bounds = [min(numel, (numel * i // count + 1) & ~1) for i in range(count)] + [numel]
-    bounds[0] = 0
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _fill_keep(job):
-    """keep[:] = (word >= threshold) for SFC64(seed)'s uint32 words viewed as int32."""
-    seed, keep, threshold = job
-    count = keep.numel()
-    words = np.random.SFC64(seed).random_raw((count + 1) // 2).view(np.int32)[:count]
-    torch.ge(torch.from_numpy(words), threshold, out=keep)
-
-
-def _pool():
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()), thread_name_prefix="keep_mask")
-    return _POOL
 
 
 def relu_keep(x, p):
