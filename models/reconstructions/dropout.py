@@ -45,7 +45,8 @@ def keep_mask(shape, p, dtype=torch.bool):
     numel = math.prod(shape)
     seed = int(torch.empty((), dtype=torch.int64).random_(0, None))
     words = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.int32)[:numel]
-    keep = torch.ge(torch.from_numpy(words).view(shape), dropped_words - 2**31)
+    # numpy's SIMD compare is ~2x faster than torch.ge on CPU here; the bool array is shared, not copied.
+    keep = torch.from_numpy(np.greater_equal(words, dropped_words - 2**31)).view(shape)
     # bool -> float is a scalar loop on CPU (and so is comparing straight into a float output, or
     # multiplying by a bool tensor): ~10x slower than the vectorised uint8 -> float conversion.
     return keep if dtype == torch.bool else keep.view(torch.uint8).to(dtype)
