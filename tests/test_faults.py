@@ -449,22 +449,15 @@ def test_payload_is_live_when_unpickled_unsafely(tmp_path):
     assert (tmp_path / "marker").exists()
 
 
-def test_payload_via_load_path_and_evaluate_is_refused(quick):
+@pytest.mark.parametrize("case, named, marker", [
+    ("payload_eval", "evil.pth.tar", "pwned_eval"),                    # -e with saver.load_path
+    ("payload_load_path", "evil_init.pth.tar", "pwned_init"),          # training from saver.load_path
+    ("payload_resume", "evil_ckpts/ckpt.pth.tar", "pwned_resume"),     # saver.auto_resume
+])
+def test_payload_given_to_train_val_is_refused(quick, case, named, marker):
     root, _ = quick
-    assert_user_error(result(quick, "payload_eval"), "refusing to load", "evil.pth.tar")
-    assert not (root / "pwned_eval").exists()
-
-
-def test_payload_via_load_path_when_training_is_refused(quick):
-    root, _ = quick
-    assert_user_error(result(quick, "payload_load_path"), "refusing to load", "evil_init.pth.tar")
-    assert not (root / "pwned_init").exists()
-
-
-def test_payload_via_auto_resume_is_refused(quick):
-    root, _ = quick
-    assert_user_error(result(quick, "payload_resume"), "refusing to load", "evil_ckpts/ckpt.pth.tar")
-    assert not (root / "pwned_resume").exists()
+    assert_user_error(result(quick, case), "refusing to load", named)
+    assert not (root / marker).exists()
 
 
 def test_payload_given_to_the_converter_is_refused(quick):
