@@ -14,7 +14,7 @@ the 1/sqrt(d) softmax scale is folded into the small W_q, b_q instead of a pass 
 Attention runs in `F.scaled_dot_product_attention` (fused flash kernel), except for training with
 dropout on CPU, where that kernel does not apply and torch would fall back to its slower "math"
 path: there `attention_core.attention_with_dropout` computes softmax(q k^T + mask) * keep / (1 - p) v,
-as `nn.MultiheadAttention` does, one image at a time while its weights are in cache.
+as `nn.MultiheadAttention` does, a few images at a time while their weights are in cache.
 """
 import math
 
@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.reconstructions.attention_core import attention_with_dropout
+from models.reconstructions.dropout import uses_cpu_masks
 
 
 class FastMultiheadAttention(nn.Module):
@@ -82,7 +83,7 @@ class FastMultiheadAttention(nn.Module):
         -> out_proj(softmax(q k^T + mask) v) [B, L, E]."""
         batch, length = k.shape[0], q.shape[-2]
         p = self.dropout if self.training else 0.0
-        if p > 0.0 and q.device.type == "cpu" and p < 1.0:
+        if uses_cpu_masks(q, p, self.training):
             # [B, L, h, d] views of the projections: the core reads heads in place (no transposes).
             heads = (self.num_heads, self.head_dim)
             q4 = q.unflatten(-1, heads) if q.dim() == 3 else q.unflatten(-1, heads).unsqueeze(0)

@@ -37,7 +37,7 @@ class _ChunkedAttention(torch.autograd.Function):
         out = torch.empty(batch, length, heads, head_dim, dtype=q.dtype, device=q.device)
         chunks = _chunks(batch, heads, length, k.shape[1], q.element_size())
         keep_all = keep_mask((batch * heads, length, k.shape[1]), p).view(torch.uint8)  # one draw
-        probs, keeps = [], []
+        probs, droppeds = [], []
         for b0, b1 in chunks:
             qc, kc, vc = _heads(q, b0, b1), _heads(k, b0, b1), _heads(v, b0, b1)
             scores = torch.bmm(qc, kc.transpose(1, 2))  # [n*h, L, S]
@@ -47,8 +47,8 @@ class _ChunkedAttention(torch.autograd.Function):
             dropped = torch.mul(prob, keep_all[b0 * heads:b1 * heads], out=scores)  # prob * keep (0/1)
             _put(out, b0, b1, torch.bmm(dropped, vc), scale)
             probs.append(prob)
-            keeps.append(dropped)
-        ctx.save_for_backward(q, k, v, *probs, *keeps)
+            droppeds.append(dropped)
+        ctx.save_for_backward(q, k, v, *probs, *droppeds)
         ctx.chunks, ctx.scale = chunks, scale
         return out
 

@@ -13,22 +13,24 @@ import torch
 import torch.nn.functional as F
 
 
+def uses_cpu_masks(x, p, training):
+    """Whether dropout of `x` takes this module's CPU path: training, 0 < p < 1, `x` on the CPU.
+    Elsewhere dropout is the identity (eval, p = 0) or `F.dropout` (other devices, p = 1)."""
+    return training and 0.0 < p < 1.0 and x.device.type == "cpu"
+
+
 def dropout(x, p, training):
     """Inverted dropout with keep probability 1 - p (rounded as `keep_mask`); F.dropout off the CPU."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, True)
-    return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
+    if uses_cpu_masks(x, p, training):
+        return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
+    return F.dropout(x, p, True) if training and p > 0.0 else x
 
 
 def dropout_add(residual, x, p, training):
     """residual + dropout(x, p, training), fused into one `addcmul` pass on CPU."""
-    if not training or p == 0.0:
-        return residual + x
-    if x.device.type != "cpu" or p >= 1.0:
-        return residual + F.dropout(x, p, True)
-    return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
+    if uses_cpu_masks(x, p, training):
+        return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
+    return residual + dropout(x, p, training)
 
 
 def keep_mask(shape, p, dtype=torch.bool):

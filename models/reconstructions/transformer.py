@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.reconstructions.attention import FastMultiheadAttention
-from models.reconstructions.dropout import dropout as fast_dropout, dropout_add, relu_keep
+from models.reconstructions.dropout import dropout as fast_dropout, dropout_add, relu_keep, uses_cpu_masks
 
 ATTN_IMPLS = ("fast", "torch")
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
@@ -91,7 +91,7 @@ class _FeedForwardMixin:
 
     def _ffn(self, x):
         p = self.dropout_p
-        if self._fast and self.training and self.activation is F.relu and 0.0 < p < 1.0 and x.device.type == "cpu":
+        if self._fast and self.activation is F.relu and uses_cpu_masks(x, p, self.training):
             # relu + dropout in one pass; dropout's 1 / (1 - p) goes on linear2's weight instead.
             weight = self.linear2.weight * (1.0 / (1.0 - p))
             return F.linear(relu_keep(self.linear1(x), p), weight, self.linear2.bias)
