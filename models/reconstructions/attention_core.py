@@ -8,11 +8,14 @@ weights (mask add, softmax, the dropout mask and its product, the same three bac
 speed, ~5 ms each at MVTec size, and took more time than the attention matrix products. Here every
 such pass works on a block of a few images' weights (CHUNK_BYTES) while it is in cache, only the
 softmax output P and the dropped weights D are kept for the backward, and the backward needs three
-passes over a block (`_softmax_dropout_backward`) instead of five.
+passes over a block (`_softmax_dropout_backward`) instead of five. With the fused kernels (float32,
+fused_kernels.py) the forward's mask add, softmax, keep mask and product are one pass, and so is the
+backward's; without them (or for float64) torch ops and a numpy mask do the same.
 """
 import torch
 
-from models.reconstructions.dropout import keep_mask
+from models.reconstructions import fused_kernels
+from models.reconstructions.dropout import draw_seed, drop_threshold, keep_mask, uses_kernels
 
 CHUNK_BYTES = 4 << 20  # attention weights per block: fits the last-level cache, few enough Python steps
 
@@ -36,20 +39,16 @@ class _ChunkedAttention(torch.autograd.Function):
         scale = 1.0 / (1.0 - p)
         out = torch.empty(batch, length, heads, head_dim, dtype=q.dtype, device=q.device)
         chunks = _chunks(batch, heads, length, k.shape[1], q.element_size())
-        keep_all = keep_mask((batch * heads, length, k.shape[1]), p).view(torch.uint8)  # one draw
+        source = _keep_source(q, k, v, attn_mask, p)
         probs, droppeds = [], []
         for b0, b1 in chunks:
             qc, kc, vc = _heads(q, b0, b1), _heads(k, b0, b1), _heads(v, b0, b1)
-            scores = torch.bmm(qc, kc.transpose(1, 2))  # [n*h, L, S]
-            if attn_mask is not None:
-                scores.add_(attn_mask)
-            prob = torch.softmax(scores, dim=-1)
-            dropped = torch.mul(prob, keep_all[b0 * heads:b1 * heads], out=scores)  # prob * keep (0/1)
+            prob, dropped = _softmax_and_drop(torch.bmm(qc, kc.transpose(1, 2)), b0, heads, attn_mask, source)
             _put(out, b0, b1, torch.bmm(dropped, vc), scale)
             probs.append(prob)
             droppeds.append(dropped)
         ctx.save_for_backward(q, k, v, *probs, *droppeds)
-        ctx.chunks, ctx.scale = chunks, scale
+        ctx.chunks, ctx.scale, ctx.fused = chunks, scale, not torch.is_tensor(source)
         return out
 
     @staticmethod
@@ -63,7 +62,7 @@ class _ChunkedAttention(torch.autograd.Function):
             qc, kc, vc = _heads(q, b0, b1), _heads(k, b0, b1), _heads(v, b0, b1)
             g = _heads(grad_out, b0, b1)  # [n*h, L, d]
             _put(grad_v, b0, b1, torch.bmm(dropped.transpose(1, 2), g), ctx.scale)
-            grad_scores = _softmax_dropout_backward(torch.bmm(g, vc.transpose(1, 2)), prob, dropped)
+            grad_scores = _softmax_dropout_backward(torch.bmm(g, vc.transpose(1, 2)), prob, dropped, ctx.fused)
             grad_qc = torch.bmm(grad_scores, kc) * ctx.scale
             if q.shape[0] == 1:  # shared query: sum the images' gradients
                 grad_q[0].add_(grad_qc.unflatten(0, (b1 - b0, -1)).sum(0).transpose(0, 1))
@@ -73,10 +72,41 @@ class _ChunkedAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None
 
 
-def _softmax_dropout_backward(grad_dropped, prob, dropped):
+def _keep_source(q, k, v, attn_mask, p):
+    """Where the forward's keep decisions come from, drawn once for all blocks: (seed, threshold) for the
+    fused kernels (float32), else a uint8 keep mask [B*h, L, S] (numpy words). Element e of the [B*h, L, S]
+    weights is kept exactly when `keep_mask`'s element e would be, with the same draw."""
+    batch, length, heads = k.shape[0], q.shape[1], q.shape[2]
+    additive = attn_mask is None or attn_mask.dtype == torch.float32
+    if additive and uses_kernels(q, k, v) and drop_threshold(p) < 2**32:
+        return draw_seed(), drop_threshold(p)
+    return keep_mask((batch * heads, length, k.shape[1]), p).view(torch.uint8)
+
+
+def _softmax_and_drop(scores, b0, heads, attn_mask, source):
+    """scores [n*h, L, S] of images b0 .. b0+n-1 -> (P = softmax(scores + mask), D = P * keep), both
+    [n*h, L, S]; one of them reuses the scores' memory."""
+    if torch.is_tensor(source):
+        if attn_mask is not None:
+            scores.add_(attn_mask)
+        prob = torch.softmax(scores, dim=-1)
+        return prob, torch.mul(prob, source[b0 * heads:b0 * heads + scores.shape[0]], out=scores)
+    seed, threshold = source
+    rows = scores.view(-1, scores.shape[-1])
+    mask = None if attn_mask is None else attn_mask.contiguous()
+    dropped = fused_kernels.softmax_dropout_(rows, mask, b0 * heads * scores[0].numel(), seed, threshold)
+    return scores, dropped.view(scores.shape)
+
+
+def _softmax_dropout_backward(grad_dropped, prob, dropped, fused=False):
     """Gradient wrt the scores S of D = softmax(S) * keep, from dL/dD, P = softmax(S) and D (in place
     on grad_dropped). With dP = dD * keep, softmax's backward P * (dP - sum(dP * P)) equals
     D * dD - P * sum(D * dD), since P * keep = D and keep is 0/1: the mask itself is not needed."""
+    if fused:
+        cols = grad_dropped.shape[-1]
+        rows = (t.view(-1, cols) for t in (grad_dropped, prob, dropped))
+        fused_kernels.softmax_dropout_backward_(*rows)
+        return grad_dropped
     grad_dropped.mul_(dropped)  # D * dD
     row_sums = grad_dropped.sum(dim=-1, keepdim=True)
     return grad_dropped.addcmul_(prob, row_sums, value=-1.0)

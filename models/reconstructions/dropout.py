@@ -1,16 +1,23 @@
-"""Dropout for the fast path: the CPU keep mask from 32-bit integer words, and residual + dropout fused.
+"""Dropout for the fast path on CPU: keep masks from 32-bit words, fused with the ops around them.
 
 On CPU, `F.dropout` draws one Bernoulli per element through a serial generator loop, which costs more
-than this model's matrix products. Here a fast generator (numpy's SFC64, seeded from torch's CPU
-generator) gives one 32-bit word per element, and an element is kept when its word is above a
-threshold: the drop probability is p rounded to a multiple of 2**-32 (finer than float32 uniforms).
-Seeding torch makes it reproducible. Elsewhere (CUDA, ...) `F.dropout` is used as is.
+than this model's matrix products. Here an element is kept when its 32-bit random word is at or above
+round(p * 2**32): the drop probability is p rounded to a multiple of 2**-32 (finer than float32
+uniforms). Each mask is determined by one 64-bit seed drawn from torch's global CPU generator, so
+torch.manual_seed and the saved torch RNG state determine every mask (seeding and resume stay exact).
+
+The words come from the fused C kernels (fused_kernels.py: Philox, computed inside the pass that uses
+them, and recomputed in the backward instead of storing masks) when they build on this machine, else
+from numpy's SFC64 generator (the same rule and distribution, other numbers, slower). Float32 tensors
+use the kernels; other dtypes (float64 in tests) use the numpy masks. Off the CPU, `F.dropout`.
 """
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from models.reconstructions import fused_kernels
 
 
 def uses_cpu_masks(x, p, training):
@@ -19,39 +26,65 @@ def uses_cpu_masks(x, p, training):
     return training and 0.0 < p < 1.0 and x.device.type == "cpu"
 
 
+def uses_kernels(*tensors):
+    """Whether the fused kernels apply: all tensors float32 and the library built."""
+    return all(t.dtype == torch.float32 for t in tensors) and fused_kernels.library() is not None
+
+
+def drop_threshold(p):
+    """round(p * 2**32): an element is dropped when its 32-bit word is below this."""
+    return round(p * 2**32)
+
+
+def draw_seed():
+    """One 64-bit draw from torch's global CPU generator: the seed of one mask."""
+    return int(torch.empty((), dtype=torch.int64).random_(0, None))
+
+
 def dropout(x, p, training):
     """Inverted dropout with keep probability 1 - p (rounded as `keep_mask`); F.dropout off the CPU."""
-    if uses_cpu_masks(x, p, training):
-        return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
-    return F.dropout(x, p, True) if training and p > 0.0 else x
+    if not uses_cpu_masks(x, p, training):
+        return F.dropout(x, p, True) if training and p > 0.0 else x
+    if uses_kernels(x) and drop_threshold(p) < 2**32:
+        return _Dropout.apply(x.contiguous(), p)
+    return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
 
 
 def dropout_add(residual, x, p, training):
-    """residual + dropout(x, p, training), fused into one `addcmul` pass on CPU."""
-    if uses_cpu_masks(x, p, training):
-        return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
-    return residual + dropout(x, p, training)
+    """residual + dropout(x, p, training), in one pass on CPU. `residual` may be x's shape or broadcast
+    over x's leading dimensions (the decoder's query [L, E] shared by a batch [B, L, E])."""
+    if not uses_cpu_masks(x, p, training):
+        return residual + dropout(x, p, training)
+    if uses_kernels(residual, x) and _tiles(residual, x) and drop_threshold(p) < 2**32:
+        return _DropoutAdd.apply(residual.contiguous(), x.contiguous(), p)
+    return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
+
+
+def _tiles(residual, x):
+    return residual.dim() <= x.dim() and residual.shape == x.shape[x.dim() - residual.dim():]
 
 
 def keep_mask(shape, p, dtype=torch.bool):
     """Tensor of `shape` and `dtype`: 1 (True) with probability 1 - round(p * 2**32) / 2**32, else 0.
 
-    Each element's 32-bit word comes from numpy's SFC64 generator, seeded by one 64-bit draw of torch's
-    global CPU generator, so torch.manual_seed and the saved torch RNG state determine every mask.
-    (Filling parts of a mask in parallel threads was tried: the hand-off competes with the OpenMP
+    With the kernels, element e (flat index) is kept as every fused kernel keeps it for the same seed.
+    (Filling parts of a numpy mask in parallel threads was tried: the hand-off competes with the OpenMP
     threads that spin after each parallel region, and training got slower.)
     """
-    dropped_words = round(p * 2**32)
-    if dropped_words >= 2**32:  # the threshold would overflow int32: nothing is kept
+    dropped_words = drop_threshold(p)
+    if dropped_words >= 2**32:  # the threshold would overflow 32 bits: nothing is kept
         return torch.zeros(shape, dtype=dtype, device="cpu")
-    numel = math.prod(shape)
-    seed = int(torch.empty((), dtype=torch.int64).random_(0, None))
-    words = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.int32)[:numel]
-    # numpy's SIMD compare is ~2x faster than torch.ge on CPU here; the bool array is shared, not copied.
-    keep = torch.from_numpy(np.greater_equal(words, dropped_words - 2**31)).view(shape)
+    seed = draw_seed()
+    if fused_kernels.library() is not None:
+        keep = fused_kernels.keep_mask(shape, seed, dropped_words)
+    else:
+        numel = math.prod(shape)
+        words = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.int32)[:numel]
+        # numpy's SIMD compare is ~2x faster than torch.ge here; the array is shared, not copied.
+        keep = torch.from_numpy(np.greater_equal(words, dropped_words - 2**31)).view(shape).view(torch.uint8)
     # bool -> float is a scalar loop on CPU (and so is comparing straight into a float output, or
     # multiplying by a bool tensor): ~10x slower than the vectorised uint8 -> float conversion.
-    return keep if dtype == torch.bool else keep.view(torch.uint8).to(dtype)
+    return keep.view(torch.bool) if dtype == torch.bool else keep.to(dtype)
 
 
 def relu_keep(x, p):
@@ -67,8 +100,10 @@ def relu_keep(x, p):
 class _ReluKeep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p):
-        # In place on the fresh relu output; multiplying by the uint8 mask needs no float copy of it.
-        out = x.clamp_min(0).mul_(keep_mask(x.shape, p).view(torch.uint8))
+        if uses_kernels(x) and drop_threshold(p) < 2**32:
+            out = fused_kernels.relu_keep(x.contiguous(), draw_seed(), drop_threshold(p))
+        else:  # in place on the fresh relu output; the uint8 mask needs no float copy
+            out = x.clamp_min(0).mul_(keep_mask(x.shape, p).view(torch.uint8))
         ctx.save_for_backward(out)
         return out
 
@@ -76,3 +111,35 @@ class _ReluKeep(torch.autograd.Function):
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
         return torch.ops.aten.threshold_backward(grad, out, 0), None
+
+
+class _Dropout(torch.autograd.Function):
+    """x * keep / (1 - p); the backward recomputes the mask from the seed instead of storing it."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        ctx.seed, ctx.threshold, ctx.scale = draw_seed(), drop_threshold(p), 1.0 / (1.0 - p)
+        return fused_kernels.dropout_scale(x, ctx.scale, ctx.seed, ctx.threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return fused_kernels.dropout_scale(grad.contiguous(), ctx.scale, ctx.seed, ctx.threshold), None
+
+
+class _DropoutAdd(torch.autograd.Function):
+    """residual + x * keep / (1 - p), residual tiling x; the backward recomputes the mask from the seed."""
+
+    @staticmethod
+    def forward(ctx, residual, x, p):
+        ctx.seed, ctx.threshold, ctx.scale = draw_seed(), drop_threshold(p), 1.0 / (1.0 - p)
+        ctx.residual_shape = residual.shape
+        return fused_kernels.dropout_add(residual, x, ctx.scale, ctx.seed, ctx.threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_residual = grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_residual = grad.sum_to_size(ctx.residual_shape)
+        if ctx.needs_input_grad[1]:
+            grad_x = fused_kernels.dropout_scale(grad.contiguous(), ctx.scale, ctx.seed, ctx.threshold)
+        return grad_residual, grad_x, None
