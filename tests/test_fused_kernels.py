@@ -197,3 +197,35 @@ def test_build_goes_to_the_cache_and_is_reused(monkeypatch, tmp_path):
         assert fused_kernels.library() is not None and built[0].stat().st_mtime_ns == stamp
     finally:
         fused_kernels.library.cache_clear()
+
+
+@pytest.mark.parametrize("residual_shape", [(3, 12, 16), (12, 16)])
+def test_add_dropout_norm_matches_layernorm_of_dropout_add(residual_shape):
+    from models.reconstructions.add_norm import add_dropout_norm
+
+    norm = torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    residual = torch.randn(residual_shape, requires_grad=True)
+    x = torch.randn(3, 12, 16, requires_grad=True)
+    torch.manual_seed(6)
+    out = add_dropout_norm(residual, x, 0.3, True, norm)
+    torch.manual_seed(6)
+    keep = keep_mask(x.shape, 0.3).float()
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (residual, x)]
+    want = norm(ref_inputs[0] + ref_inputs[1] * keep / 0.7)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    grad = torch.randn(out.shape)
+    got = torch.autograd.grad(out, (residual, x, norm.weight, norm.bias), grad)
+    ref = torch.autograd.grad(want, (*ref_inputs, norm.weight, norm.bias), grad)
+    for name, a, b in zip(("residual", "x", "weight", "bias"), got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_add_dropout_norm_outside_training_is_the_plain_layernorm():
+    from models.reconstructions.add_norm import add_dropout_norm
+
+    norm = torch.nn.LayerNorm(8)
+    residual, x = torch.randn(4, 8), torch.randn(4, 8)
+    assert torch.equal(add_dropout_norm(residual, x, 0.3, False, norm), norm(residual + x))

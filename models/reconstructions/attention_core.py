@@ -63,11 +63,11 @@ class _ChunkedAttention(torch.autograd.Function):
             g = _heads(grad_out, b0, b1)  # [n*h, L, d]
             _put(grad_v, b0, b1, torch.bmm(dropped.transpose(1, 2), g), ctx.scale)
             grad_scores = _softmax_dropout_backward(torch.bmm(g, vc.transpose(1, 2)), prob, dropped, ctx.fused)
-            grad_qc = torch.bmm(grad_scores, kc) * ctx.scale
+            grad_qc = torch.bmm(grad_scores, kc)
             if q.shape[0] == 1:  # shared query: sum the images' gradients
-                grad_q[0].add_(grad_qc.unflatten(0, (b1 - b0, -1)).sum(0).transpose(0, 1))
+                grad_q[0].add_(grad_qc.unflatten(0, (b1 - b0, -1)).sum(0).transpose(0, 1), alpha=ctx.scale)
             else:
-                _put(grad_q, b0, b1, grad_qc)
+                _put(grad_q, b0, b1, grad_qc, ctx.scale)
             _put(grad_k, b0, b1, torch.bmm(grad_scores.transpose(1, 2), qc), ctx.scale)
         return grad_q, grad_k, grad_v, None, None
 

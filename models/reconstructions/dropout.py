@@ -55,12 +55,13 @@ def dropout_add(residual, x, p, training):
     over x's leading dimensions (the decoder's query [L, E] shared by a batch [B, L, E])."""
     if not uses_cpu_masks(x, p, training):
         return residual + dropout(x, p, training)
-    if uses_kernels(residual, x) and _tiles(residual, x) and drop_threshold(p) < 2**32:
+    if uses_kernels(residual, x) and tiles(residual, x) and drop_threshold(p) < 2**32:
         return _DropoutAdd.apply(residual.contiguous(), x.contiguous(), p)
     return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
 
 
-def _tiles(residual, x):
+def tiles(residual, x):
+    """Whether residual has the shape of x's trailing dimensions (it repeats over the leading ones)."""
     return residual.dim() <= x.dim() and residual.shape == x.shape[x.dim() - residual.dim():]
 
 

@@ -38,7 +38,11 @@ _SIGNATURES = {
     "dropout_scale": (_ptr, _ptr, _i64, _f32, _u64, _u32),
     "keep_mask_u8": (_ptr, _i64, _u64, _u32),
     "philox_words": (_ptr, _i64, _u64),
+    "add_dropout_layernorm_forward": (_ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _f32, _f32, _u64,
+                                      _u32),
+    "add_dropout_layernorm_backward": (_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _f32, _u64, _u32),
 }
+BLOCK_WORDS = 4096  # the C file's work-item size, which fixes the layernorm backward's partial sums
 
 
 def cache_dir():
@@ -151,6 +155,34 @@ def dropout_scale(x, scale, seed, threshold):
     out = torch.empty_like(x)
     library().dropout_scale(_ptr_of(out), _ptr_of(x), x.numel(), scale, seed, threshold)
     return out
+
+
+def add_dropout_layernorm(residual, x, gamma, beta, eps, scale, seed, threshold):
+    """LayerNorm over the last dim of residual + x * keep * scale, residual tiling x (contiguous).
+    Returns (out, xhat, rstd): out and xhat like x, rstd [rows]."""
+    cols = x.shape[-1]
+    rows = x.numel() // cols
+    out, xhat, rstd = torch.empty_like(x), torch.empty_like(x), torch.empty(rows)
+    library().add_dropout_layernorm_forward(
+        _ptr_of(out), _ptr_of(xhat), _ptr_of(rstd), _ptr_of(residual), residual.numel(), _ptr_of(x),
+        _ptr_of(gamma), _ptr_of(beta), rows, cols, eps, scale, seed, threshold,
+    )
+    return out, xhat, rstd
+
+
+def add_dropout_layernorm_backward(grad_out, xhat, rstd, gamma, scale, seed, threshold):
+    """-> (dL/d(residual + dropped x), dL/dx, dL/dgamma, dL/dbeta) for the block above."""
+    cols = xhat.shape[-1]
+    rows = xhat.numel() // cols
+    group = max(1, BLOCK_WORDS // cols)
+    partial = torch.empty(-(-rows // group), 2, cols)
+    grad_sum, grad_x = torch.empty_like(xhat), torch.empty_like(xhat)
+    library().add_dropout_layernorm_backward(
+        _ptr_of(grad_sum), _ptr_of(grad_x), _ptr_of(partial), _ptr_of(grad_out), _ptr_of(xhat), _ptr_of(rstd),
+        _ptr_of(gamma), rows, cols, scale, seed, threshold,
+    )
+    grad_gamma, grad_beta = partial.sum(0)
+    return grad_sum, grad_x, grad_gamma, grad_beta
 
 
 def keep_mask(shape, seed, threshold):

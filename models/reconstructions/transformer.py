@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.reconstructions.add_norm import add_dropout_norm
 from models.reconstructions.attention import FastMultiheadAttention
 from models.reconstructions.dropout import dropout as fast_dropout, dropout_add, relu_keep, uses_cpu_masks
 
@@ -89,6 +90,12 @@ class _FeedForwardMixin:
             return dropout_add(residual, x, self.dropout_p, self.training)
         return residual + F.dropout(x, self.dropout_p, self.training)
 
+    def _add_norm(self, residual, x, norm):
+        """norm(residual + dropout(x)): the end of every post-norm sub-block (one fused pass on CPU)."""
+        if self._fast:
+            return add_dropout_norm(residual, x, self.dropout_p, self.training, norm)
+        return norm(self._add(residual, x))
+
     def _ffn(self, x):
         p = self.dropout_p
         if self._fast and self.activation is F.relu and uses_cpu_masks(x, p, self.training):
@@ -115,8 +122,8 @@ class TransformerEncoderLayer(_FeedForwardMixin, nn.Module):
             normed = self.norm1(src)
             src = self._add(src, _attention(self.self_attn, normed, normed, pos, mask))
             return self._add(src, self._ffn(self.norm2(src)))
-        src = self.norm1(self._add(src, _attention(self.self_attn, src, src, pos, mask)))
-        return self.norm2(self._add(src, self._ffn(src)))
+        src = self._add_norm(src, _attention(self.self_attn, src, src, pos, mask), self.norm1)
+        return self._add_norm(src, self._ffn(src), self.norm2)
 
 
 class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
@@ -150,9 +157,9 @@ class TransformerDecoderLayer(_FeedForwardMixin, nn.Module):
             tgt = self._add(query, _attention(self.self_attn, self.norm1(query), memory, pos, mask1))
             tgt = self._add(tgt, _attention(self.multihead_attn, self.norm2(tgt), out, pos, mask2))
             return self._add(tgt, self._ffn(self.norm3(tgt)))
-        tgt = self.norm1(self._add(query, _attention(self.self_attn, query, memory, pos, mask1)))
-        tgt = self.norm2(self._add(tgt, _attention(self.multihead_attn, tgt, out, pos, mask2)))
-        return self.norm3(self._add(tgt, self._ffn(tgt)))
+        tgt = self._add_norm(query, _attention(self.self_attn, query, memory, pos, mask1), self.norm1)
+        tgt = self._add_norm(tgt, _attention(self.multihead_attn, tgt, out, pos, mask2), self.norm2)
+        return self._add_norm(tgt, self._ffn(tgt), self.norm3)
 
 
 def _clones(module, count):

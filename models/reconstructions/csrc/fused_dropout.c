@@ -14,6 +14,8 @@
  * work, and recomputable in a backward pass. Philox4x32-10 is the generator of Salmon et al.,
  * "Parallel random numbers: as easy as 1, 2, 3" (SC 2011), which CUDA dropout also uses.
  *
+ * The same rule decides the residual + dropout + LayerNorm kernels at the end of the file.
+ *
  * fused_kernels.py builds this for the host CPU (gcc -O3 -march=native -fopenmp -fno-trapping-math
  * -fno-math-errno) and loads it; the AVX2 path and the portable one give the same words.
  */
@@ -276,5 +278,88 @@ void philox_words(uint32_t *out, int64_t n, uint64_t seed) {
         philox_lanes((uint64_t)call * LANES, seed, buf);
         int64_t len = n - call * WORDS_PER_CALL < WORDS_PER_CALL ? n - call * WORDS_PER_CALL : WORDS_PER_CALL;
         memcpy(out + call * WORDS_PER_CALL, buf, (size_t)len * sizeof *out);
+    }
+}
+
+/* Post-norm residual block: out = LayerNorm(residual + x * keep * scale) * gamma + beta, per row of
+ * cols. residual has residual_n elements (a multiple of cols) and repeats over the rows. Saves
+ * xhat = (sum - mean) * rstd [rows, cols] and rstd [rows] for the backward. */
+void add_dropout_layernorm_forward(float *out, float *xhat, float *rstd, const float *residual, int64_t residual_n,
+                                   const float *x, const float *gamma, const float *beta, int64_t rows, int64_t cols,
+                                   float eps, float scale, uint64_t seed, uint32_t threshold) {
+    int64_t group = cols < BLOCK_WORDS ? BLOCK_WORDS / cols : 1, residual_rows = residual_n / cols;
+#pragma omp parallel
+    {
+        uint32_t buf[group * cols + 2 * WORDS_PER_CALL];
+#pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < rows; r0 += group) {
+            int64_t count = rows - r0 < group ? rows - r0 : group;
+            const uint32_t *words = fill_words(buf, r0 * cols, count * cols, seed);
+            for (int64_t r = r0; r < r0 + count; ++r) {
+                const float *res = residual + (r % residual_rows) * cols, *xr = x + r * cols;
+                const uint32_t *w = words + (r - r0) * cols;
+                float *h = xhat + r * cols, *o = out + r * cols;
+                float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+                for (int64_t j = 0; j < cols; ++j) {
+                    h[j] = res[j] + (w[j] >= threshold ? xr[j] * scale : 0.0f);
+                    total += h[j];
+                }
+                float mean = total / (float)cols, squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+                for (int64_t j = 0; j < cols; ++j)
+                    squares += (h[j] - mean) * (h[j] - mean);
+                float inv = 1.0f / sqrtf(squares / (float)cols + eps);
+                rstd[r] = inv;
+#pragma omp simd
+                for (int64_t j = 0; j < cols; ++j) {
+                    h[j] = (h[j] - mean) * inv;
+                    o[j] = h[j] * gamma[j] + beta[j];
+                }
+            }
+        }
+    }
+}
+
+/* Backward of the block above. grad_sum = dL/d(residual + dropped x) [rows, cols], grad_x = grad_sum *
+ * keep * scale [rows, cols], and per block of `group` rows (group = max(1, 4096 / cols), in row order)
+ * partial[block] = (sum_r dy * xhat, sum_r dy) [2, cols], the block's share of dgamma and dbeta. */
+void add_dropout_layernorm_backward(float *grad_sum, float *grad_x, float *partial, const float *grad_out,
+                                    const float *xhat, const float *rstd, const float *gamma, int64_t rows,
+                                    int64_t cols, float scale, uint64_t seed, uint32_t threshold) {
+    int64_t group = cols < BLOCK_WORDS ? BLOCK_WORDS / cols : 1;
+#pragma omp parallel
+    {
+        uint32_t buf[group * cols + 2 * WORDS_PER_CALL];
+#pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < rows; r0 += group) {
+            int64_t count = rows - r0 < group ? rows - r0 : group;
+            const uint32_t *words = fill_words(buf, r0 * cols, count * cols, seed);
+            float *dgamma = partial + (r0 / group) * 2 * cols, *dbeta = dgamma + cols;
+            memset(dgamma, 0, 2 * (size_t)cols * sizeof *dgamma);
+            for (int64_t r = r0; r < r0 + count; ++r) {
+                const float *dy = grad_out + r * cols, *h = xhat + r * cols;
+                const uint32_t *w = words + (r - r0) * cols;
+                float *gs = grad_sum + r * cols, *gx = grad_x + r * cols;
+                float mean_dh = 0.0f, mean_dhh = 0.0f;
+#pragma omp simd reduction(+ : mean_dh, mean_dhh)
+                for (int64_t j = 0; j < cols; ++j) {
+                    float dh = dy[j] * gamma[j];
+                    mean_dh += dh;
+                    mean_dhh += dh * h[j];
+                }
+                mean_dh /= (float)cols;
+                mean_dhh /= (float)cols;
+                float inv = rstd[r];
+#pragma omp simd
+                for (int64_t j = 0; j < cols; ++j) {
+                    float ds = inv * (dy[j] * gamma[j] - mean_dh - h[j] * mean_dhh);
+                    gs[j] = ds;
+                    gx[j] = w[j] >= threshold ? ds * scale : 0.0f;
+                    dgamma[j] += dy[j] * h[j];
+                    dbeta[j] += dy[j];
+                }
+            }
+        }
     }
 }
