@@ -153,26 +153,36 @@ def test_non_contiguous_tensors_are_refused():
         fused_kernels.dropout_scale(torch.randn(4, 6, dtype=torch.float64), 1.0, 0, 0)
 
 
-def test_disabled_kernels_fall_back_to_numpy_masks(monkeypatch):
+def _check_numpy_fallback():
+    assert fused_kernels.library() is None
+    x = torch.ones(200, 300)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1, True)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.005 and y.max().item() == pytest.approx(1 / 0.9)
+    torch.manual_seed(0)
+    assert torch.equal(dropout_add(torch.zeros_like(x), x, 0.1, True), y)
+
+
+def test_kernels_switched_off_by_environment_fall_back_to_numpy_masks(monkeypatch):
     monkeypatch.setenv("UNIAD_FUSED_KERNELS", "0")
-    fused_kernels.library.cache_clear()
+    fused_kernels.forget()
     try:
-        assert fused_kernels.library() is None
-        x = torch.ones(200, 300)
-        torch.manual_seed(0)
-        y = dropout(x, 0.1, True)
-        kept = (y != 0).float().mean().item()
-        assert abs(kept - 0.9) < 0.005 and y.max().item() == pytest.approx(1 / 0.9)
-        torch.manual_seed(0)
-        assert torch.equal(dropout_add(torch.zeros_like(x), x, 0.1, True), y)
+        _check_numpy_fallback()
     finally:
-        fused_kernels.library.cache_clear()
+        fused_kernels.forget()
+
+
+def test_kernels_switched_off_in_a_block_fall_back_and_come_back():
+    with fused_kernels.disabled():
+        _check_numpy_fallback()
+    assert fused_kernels.library() is not None
 
 
 def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("UNIAD_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    fused_kernels.library.cache_clear()
+    fused_kernels.forget()
     try:
         with caplog.at_level(logging.WARNING, logger="global_logger"):
             assert fused_kernels.library() is None
@@ -182,21 +192,21 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path, caplog):
         assert not list(tmp_path.iterdir())  # no half-written library left behind
         assert dropout_mod.uses_kernels(torch.zeros(1)) is False
     finally:
-        fused_kernels.library.cache_clear()
+        fused_kernels.forget()
 
 
 def test_build_goes_to_the_cache_and_is_reused(monkeypatch, tmp_path):
     monkeypatch.setenv("UNIAD_KERNEL_CACHE", str(tmp_path))
-    fused_kernels.library.cache_clear()
+    fused_kernels.forget()
     try:
         assert fused_kernels.library() is not None
         built = list(tmp_path.glob("fused_dropout-*.so"))
         assert len(built) == 1 and built[0] == fused_kernels.library_path("gcc")
         stamp = built[0].stat().st_mtime_ns
-        fused_kernels.library.cache_clear()
+        fused_kernels.forget()
         assert fused_kernels.library() is not None and built[0].stat().st_mtime_ns == stamp
     finally:
-        fused_kernels.library.cache_clear()
+        fused_kernels.forget()
 
 
 @pytest.mark.parametrize("residual_shape", [(3, 12, 16), (12, 16)])

@@ -1,6 +1,10 @@
 """Training-step speed of the UniAD reconstruction: attn_impl "torch" (the original path) vs "fast".
 
     python tools/bench_attention.py [--batch 8] [--threads 2] [--reps 8] [--dropout 0.1] [--mode train]
+        [--impls torch,fast,fast-numpy]
+
+"fast-numpy" is the fast path with the fused C dropout kernels switched off (numpy keep masks and
+separate torch ops), to measure what the kernels bring on CPU.
 
 Builds the MVTec-AD reconstruction (272 channels, 14x14 tokens, 256 wide, 8 heads, 4+4 layers,
 FFN 1024) once per implementation with the same weights, then times forward + MSE loss + backward
@@ -24,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.reconstructions import UniAD  # noqa: E402  (needs ROOT on sys.path)
+from models.reconstructions import UniAD, fused_kernels  # noqa: E402  (needs ROOT on sys.path)
+
+KERNELS_OFF = "fast-numpy"  # an --impls name: attn_impl "fast" with fused_kernels.disabled()
 
 MVTEC_RECONSTRUCTION = dict(
     inplanes=[272], instrides=[16], feature_size=[14, 14], feature_jitter={"scale": 20.0, "prob": 1.0},
@@ -50,13 +56,21 @@ def build_models(impls, dropout, train):
     models = {}
     for impl in impls:
         torch.manual_seed(0)
-        models[impl] = UniAD(**MVTEC_RECONSTRUCTION, dropout=dropout, attn_impl=impl).train(train)
+        attn_impl = "fast" if impl == KERNELS_OFF else impl
+        models[impl] = UniAD(**MVTEC_RECONSTRUCTION, dropout=dropout, attn_impl=attn_impl).train(train)
     return models
 
 
-def make_step(model, batch, train):
-    """One step as in training (forward, MSE to the clean features, backward), or a no-grad forward."""
+def make_step(model, batch, train, kernels=True):
+    """One step as in training (forward, MSE to the clean features, backward), or a no-grad forward;
+    kernels=False runs it with the fused CPU kernels switched off."""
     def step():
+        if not kernels:
+            with fused_kernels.disabled():
+                return plain_step()
+        return plain_step()
+
+    def plain_step():
         if not train:
             with torch.no_grad():
                 return model(batch)
@@ -106,9 +120,11 @@ def report(times, flops, peak, batch):
         lines.append(f"{name:6s} {min(wall) * 1e3:10.0f} {statistics.median(wall) * 1e3:10.0f} "
                      f"{min(cpu) * 1e3:10.0f} {statistics.median(cpu) * 1e3:10.0f} {min(wall) * 1e3 / batch:8.1f} "
                      f"{rate / 1e9:8.1f} {100 * rate / peak:7.1f}")
-    if {"torch", "fast"} <= set(times):
-        ratio = {kind: min(s[i] for s in times["torch"]) / min(s[i] for s in times["fast"]) for i, kind in enumerate(("wall", "cpu"))}
-        lines.append(f"speed-up torch/fast (best): wall {ratio['wall']:.2f}x, cpu {ratio['cpu']:.2f}x")
+    for slow in ("torch", KERNELS_OFF):
+        if {slow, "fast"} <= set(times):
+            ratio = {kind: min(s[i] for s in times[slow]) / min(s[i] for s in times["fast"])
+                     for i, kind in enumerate(("wall", "cpu"))}
+            lines.append(f"speed-up {slow}/fast (best): wall {ratio['wall']:.2f}x, cpu {ratio['cpu']:.2f}x")
     return "\n".join(lines)
 
 
@@ -119,7 +135,7 @@ def main(argv=None):
     impls = args.impls.split(",")
     models = build_models(impls, args.dropout, train)
     batch = {"feature_align": torch.randn(args.batch, 272, 14, 14)}
-    steps = {impl: make_step(model, batch, train) for impl, model in models.items()}
+    steps = {impl: make_step(model, batch, train, kernels=impl != KERNELS_OFF) for impl, model in models.items()}
     flops = {impl: step_flops(step) for impl, step in steps.items()}
     peak = gemm_peak()
     times = time_interleaved(steps, args.reps)

@@ -13,6 +13,7 @@ slower training.
 
 All tensor arguments are float32 (keep masks uint8), contiguous and on the CPU; the wrappers check it.
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -90,9 +91,32 @@ def load(path):
     return lib
 
 
-@functools.lru_cache(maxsize=None)
+_disabled = 0  # > 0 inside `disabled()`
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block `library()` is None: the numpy fallback runs (for benchmarks and tests)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
 def library():
     """The loaded kernels, or None (disabled, or no working compiler: warned once)."""
+    return None if _disabled else _build_and_load()
+
+
+def forget():
+    """Drop the loaded library, so the next `library()` checks the environment and the cache again."""
+    _build_and_load.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _build_and_load():
     if os.environ.get("UNIAD_FUSED_KERNELS", "1") == "0":
         return None
     compiler = os.environ.get("CC", "gcc")
