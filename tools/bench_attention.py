@@ -112,12 +112,13 @@ def time_interleaved(steps, reps):
 
 
 def report(times, flops, peak, batch):
-    lines = [f"{'impl':6s} {'wall best':>10s} {'wall med':>10s} {'cpu best':>10s} {'cpu med':>10s} "
+    width = max(6, *(len(name) for name in times))
+    lines = [f"{'impl':{width}s} {'wall best':>10s} {'wall med':>10s} {'cpu best':>10s} {'cpu med':>10s} "
              f"{'ms/img':>8s} {'GFLOP/s':>8s} {'% peak':>7s}"]
     for name, samples in times.items():
         wall, cpu = [s[0] for s in samples], [s[1] for s in samples]
         rate = flops[name] / min(wall)
-        lines.append(f"{name:6s} {min(wall) * 1e3:10.0f} {statistics.median(wall) * 1e3:10.0f} "
+        lines.append(f"{name:{width}s} {min(wall) * 1e3:10.0f} {statistics.median(wall) * 1e3:10.0f} "
                      f"{min(cpu) * 1e3:10.0f} {statistics.median(cpu) * 1e3:10.0f} {min(wall) * 1e3 / batch:8.1f} "
                      f"{rate / 1e9:8.1f} {100 * rate / peak:7.1f}")
     for slow in ("torch", KERNELS_OFF):
