@@ -37,6 +37,7 @@ demo: setup
 clean-demo:
 	rm -rf experiments/demo/checkpoints experiments/demo/log experiments/demo/vis_compound experiments/demo/result_eval_temp
 
-# Idle OpenMP threads sleep rather than spin (much faster on shared machines; docs/PERFORMANCE.md).
+# Default OpenMP settings, as training runs; on a loaded machine the benchmark warns and suggests
+# OMP_WAIT_POLICY=PASSIVE (docs/PERFORMANCE.md).
 benchmark: setup
-	OMP_WAIT_POLICY=PASSIVE $(PY) tools/benchmark.py all
+	$(PY) tools/benchmark.py all
