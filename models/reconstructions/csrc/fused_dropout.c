@@ -205,70 +205,99 @@ static inline const uint32_t *block_words(uint32_t *buf, int64_t b, int64_t n, u
     return fill_words(buf, b * BLOCK_WORDS, *len, seed);
 }
 
-/* out = x if x > 0 and kept, else 0 (relu and dropout without the 1 / (1 - p) scale). */
-void relu_keep_forward(float *out, const float *x, int64_t n, uint64_t seed, uint32_t threshold) {
+/* What the flat kernels read and write; each uses some of the fields. */
+struct flat_args {
+    float *out;
+    const float *x, *residual;
+    int64_t residual_n;
+    float scale;
+    uint32_t threshold;
+    uint8_t *keep;
+};
+
+/* One block of a flat kernel: elements start .. start + len - 1, whose keep words are words[0 .. len). */
+typedef void (*block_op)(const struct flat_args *a, const uint32_t *words, int64_t start, int64_t len);
+
+static inline void for_each_block(int64_t n, uint64_t seed, block_op op, const struct flat_args *a) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < block_count(n); ++b) {
         uint32_t buf[BLOCK_WORDS + 2 * WORDS_PER_CALL];
         int64_t len;
         const uint32_t *words = block_words(buf, b, n, seed, &len);
-        float *ob = out + b * BLOCK_WORDS;
-        const float *xb = x + b * BLOCK_WORDS;
+        op(a, words, b * BLOCK_WORDS, len);
+    }
+}
+
+/* The block functions copy the fields they use into locals first: stores through `out` could alias
+ * *a as far as the compiler knows, and reloading them every element stops the vectorisation. */
+static void relu_keep_block(const struct flat_args *a, const uint32_t *words, int64_t start, int64_t len) {
+    float *out = a->out + start;
+    const float *x = a->x + start;
+    const uint32_t threshold = a->threshold;
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j)
-            ob[j] = (xb[j] > 0.0f && words[j] >= threshold) ? xb[j] : 0.0f;
+    for (int64_t j = 0; j < len; ++j)
+        out[j] = (x[j] > 0.0f && words[j] >= threshold) ? x[j] : 0.0f;
+}
+
+/* out = x if x > 0 and kept, else 0 (relu and dropout without the 1 / (1 - p) scale). */
+void relu_keep_forward(float *out, const float *x, int64_t n, uint64_t seed, uint32_t threshold) {
+    struct flat_args a = {.out = out, .x = x, .threshold = threshold};
+    for_each_block(n, seed, relu_keep_block, &a);
+}
+
+static void dropout_add_block(const struct flat_args *a, const uint32_t *words, int64_t start, int64_t len) {
+    float *out = a->out + start;
+    const float *x = a->x + start, *residual = a->residual;
+    const int64_t residual_n = a->residual_n;
+    const float scale = a->scale;
+    const uint32_t threshold = a->threshold;
+    int64_t at = start % residual_n;
+    for (int64_t j = 0; j < len;) { /* segments that do not wrap around the residual */
+        int64_t seg = len - j < residual_n - at ? len - j : residual_n - at;
+        const float *res = residual + at;
+#pragma omp simd
+        for (int64_t i = 0; i < seg; ++i)
+            out[j + i] = res[i] + (words[j + i] >= threshold ? x[j + i] * scale : 0.0f);
+        j += seg;
+        at = 0;
     }
 }
 
 /* out = residual[e % residual_n] + x * keep * scale (the residual may repeat over a batch). */
 void dropout_add_forward(float *out, const float *residual, int64_t residual_n, const float *x, int64_t n,
                          float scale, uint64_t seed, uint32_t threshold) {
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < block_count(n); ++b) {
-        uint32_t buf[BLOCK_WORDS + 2 * WORDS_PER_CALL];
-        int64_t len;
-        const uint32_t *words = block_words(buf, b, n, seed, &len);
-        float *ob = out + b * BLOCK_WORDS;
-        const float *xb = x + b * BLOCK_WORDS;
-        int64_t at = (b * BLOCK_WORDS) % residual_n;
-        for (int64_t j = 0; j < len;) { /* segments that do not wrap around the residual */
-            int64_t seg = len - j < residual_n - at ? len - j : residual_n - at;
-            const float *rb = residual + at;
+    struct flat_args a = {.out = out, .x = x, .residual = residual, .residual_n = residual_n, .scale = scale,
+                          .threshold = threshold};
+    for_each_block(n, seed, dropout_add_block, &a);
+}
+
+static void dropout_scale_block(const struct flat_args *a, const uint32_t *words, int64_t start, int64_t len) {
+    float *out = a->out + start;
+    const float *x = a->x + start;
+    const float scale = a->scale;
+    const uint32_t threshold = a->threshold;
 #pragma omp simd
-            for (int64_t i = 0; i < seg; ++i)
-                ob[j + i] = rb[i] + (words[j + i] >= threshold ? xb[j + i] * scale : 0.0f);
-            j += seg;
-            at = 0;
-        }
-    }
+    for (int64_t j = 0; j < len; ++j)
+        out[j] = words[j] >= threshold ? x[j] * scale : 0.0f;
 }
 
 /* out = x * keep * scale: dropout's forward, and its backward with the same seed. */
 void dropout_scale(float *out, const float *x, int64_t n, float scale, uint64_t seed, uint32_t threshold) {
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < block_count(n); ++b) {
-        uint32_t buf[BLOCK_WORDS + 2 * WORDS_PER_CALL];
-        int64_t len;
-        const uint32_t *words = block_words(buf, b, n, seed, &len);
-        float *ob = out + b * BLOCK_WORDS;
-        const float *xb = x + b * BLOCK_WORDS;
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j)
-            ob[j] = words[j] >= threshold ? xb[j] * scale : 0.0f;
-    }
+    struct flat_args a = {.out = out, .x = x, .scale = scale, .threshold = threshold};
+    for_each_block(n, seed, dropout_scale_block, &a);
+}
+
+static void keep_block(const struct flat_args *a, const uint32_t *words, int64_t start, int64_t len) {
+    uint8_t *keep = a->keep + start;
+    const uint32_t threshold = a->threshold;
+    for (int64_t j = 0; j < len; ++j)
+        keep[j] = words[j] >= threshold;
 }
 
 /* keep[e] = 1 or 0, as every kernel above decides it for the same seed and flat index. */
 void keep_mask_u8(uint8_t *keep, int64_t n, uint64_t seed, uint32_t threshold) {
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < block_count(n); ++b) {
-        uint32_t buf[BLOCK_WORDS + 2 * WORDS_PER_CALL];
-        int64_t len;
-        const uint32_t *words = block_words(buf, b, n, seed, &len);
-        uint8_t *kb = keep + b * BLOCK_WORDS;
-        for (int64_t j = 0; j < len; ++j)
-            kb[j] = words[j] >= threshold;
-    }
+    struct flat_args a = {.keep = keep, .threshold = threshold};
+    for_each_block(n, seed, keep_block, &a);
 }
 
 /* The raw words of elements 0 .. n - 1 (to check the generator against a reference). */
