@@ -157,25 +157,61 @@ static inline void softmax_keep_row(float *s, const float *m, float *d, int64_t 
     }
 }
 
-/* scores [rows, cols] -> softmax over cols (in place) and dropped = softmax * keep [rows, cols].
- * The additive mask (or NULL) has mask_rows rows; row r uses mask row r % mask_rows (rows are
- * [images * heads, queries]). Element (r, j) has flat index offset + r * cols + j, so blocks of a
- * larger tensor processed by separate calls draw exactly what one call over all of it would. */
-void softmax_dropout_forward(float *scores, const float *mask, float *dropped, int64_t rows, int64_t cols,
-                             int64_t mask_rows, int64_t offset, uint64_t seed, uint32_t threshold) {
-    int64_t group = cols < BLOCK_WORDS ? BLOCK_WORDS / cols : 1; /* rows per work item */
+/* What the row kernels read and write; each uses some of the fields. Rows have `cols` elements. */
+struct row_args {
+    int64_t cols;
+    float *scores, *dropped;                 /* softmax */
+    const float *mask;
+    int64_t mask_rows;
+    float *out, *xhat, *rstd;                /* layernorm forward */
+    const float *residual, *x, *gamma, *beta;
+    int64_t residual_rows;
+    float eps;
+    float *grad_sum, *grad_x, *partial;      /* layernorm backward */
+    const float *grad_out;
+    float scale;
+    uint32_t threshold;
+};
+
+/* One group of rows r0 .. r0 + count - 1; words[(r - r0) * cols + j] is the keep word of element (r, j). */
+typedef void (*group_op)(const struct row_args *a, int64_t r0, int64_t count, const uint32_t *words);
+
+static inline int64_t rows_per_group(int64_t cols) { return cols < BLOCK_WORDS ? BLOCK_WORDS / cols : 1; }
+
+/* Runs op over consecutive groups of rows_per_group(cols) rows in parallel, with the keep words of the
+ * group's elements, whose flat indices are offset + r * cols + j. */
+static inline void for_each_row_group(int64_t rows, int64_t offset, uint64_t seed, group_op op,
+                                      const struct row_args *a) {
+    int64_t cols = a->cols, group = rows_per_group(cols);
 #pragma omp parallel
     {
         uint32_t buf[group * cols + 2 * WORDS_PER_CALL];
 #pragma omp for schedule(static)
         for (int64_t r0 = 0; r0 < rows; r0 += group) {
             int64_t count = rows - r0 < group ? rows - r0 : group;
-            const uint32_t *words = fill_words(buf, offset + r0 * cols, count * cols, seed);
-            for (int64_t r = r0; r < r0 + count; ++r)
-                softmax_keep_row(scores + r * cols, mask ? mask + (r % mask_rows) * cols : NULL, dropped + r * cols,
-                                 cols, words + (r - r0) * cols, threshold);
+            op(a, r0, count, fill_words(buf, offset + r0 * cols, count * cols, seed));
         }
     }
+}
+
+static void softmax_keep_group(const struct row_args *a, int64_t r0, int64_t count, const uint32_t *words) {
+    const int64_t cols = a->cols;
+    for (int64_t r = r0; r < r0 + count; ++r) {
+        const float *mask = a->mask ? a->mask + (r % a->mask_rows) * cols : NULL;
+        softmax_keep_row(a->scores + r * cols, mask, a->dropped + r * cols, cols, words + (r - r0) * cols,
+                         a->threshold);
+    }
+}
+
+/* scores [rows, cols] -> softmax over cols (in place) and dropped = softmax * keep [rows, cols].
+ * The additive mask (or NULL) has mask_rows rows; row r uses mask row r % mask_rows (rows are
+ * [images * heads, queries]). Element (r, j) has flat index offset + r * cols + j, so blocks of a
+ * larger tensor processed by separate calls draw exactly what one call over all of it would. */
+void softmax_dropout_forward(float *scores, const float *mask, float *dropped, int64_t rows, int64_t cols,
+                             int64_t mask_rows, int64_t offset, uint64_t seed, uint32_t threshold) {
+    struct row_args a = {.cols = cols, .scores = scores, .dropped = dropped, .mask = mask, .mask_rows = mask_rows,
+                         .threshold = threshold};
+    for_each_row_group(rows, offset, seed, softmax_keep_group, &a);
 }
 
 /* In place on grad ([rows, cols], dL/dD): dL/dS = D * dD - P * sum_j(D * dD), with P = softmax(S) and
@@ -310,85 +346,93 @@ void philox_words(uint32_t *out, int64_t n, uint64_t seed) {
     }
 }
 
+/* LayerNorm(residual + x * keep * scale) of one row; xhat keeps the normalised sum. */
+static void add_norm_row(const struct row_args *a, int64_t r, const uint32_t *w) {
+    const int64_t cols = a->cols;
+    const float *res = a->residual + (r % a->residual_rows) * cols, *x = a->x + r * cols;
+    const float *gamma = a->gamma, *beta = a->beta, scale = a->scale;
+    const uint32_t threshold = a->threshold;
+    float *h = a->xhat + r * cols, *out = a->out + r * cols;
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < cols; ++j) {
+        h[j] = res[j] + (w[j] >= threshold ? x[j] * scale : 0.0f);
+        total += h[j];
+    }
+    float mean = total / (float)cols, squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t j = 0; j < cols; ++j)
+        squares += (h[j] - mean) * (h[j] - mean);
+    float inv = 1.0f / sqrtf(squares / (float)cols + a->eps);
+    a->rstd[r] = inv;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) {
+        h[j] = (h[j] - mean) * inv;
+        out[j] = h[j] * gamma[j] + beta[j];
+    }
+}
+
+static void add_norm_group(const struct row_args *a, int64_t r0, int64_t count, const uint32_t *words) {
+    for (int64_t r = r0; r < r0 + count; ++r)
+        add_norm_row(a, r, words + (r - r0) * a->cols);
+}
+
 /* Post-norm residual block: out = LayerNorm(residual + x * keep * scale) * gamma + beta, per row of
  * cols. residual has residual_n elements (a multiple of cols) and repeats over the rows. Saves
  * xhat = (sum - mean) * rstd [rows, cols] and rstd [rows] for the backward. */
 void add_dropout_layernorm_forward(float *out, float *xhat, float *rstd, const float *residual, int64_t residual_n,
                                    const float *x, const float *gamma, const float *beta, int64_t rows, int64_t cols,
                                    float eps, float scale, uint64_t seed, uint32_t threshold) {
-    int64_t group = cols < BLOCK_WORDS ? BLOCK_WORDS / cols : 1, residual_rows = residual_n / cols;
-#pragma omp parallel
-    {
-        uint32_t buf[group * cols + 2 * WORDS_PER_CALL];
-#pragma omp for schedule(static)
-        for (int64_t r0 = 0; r0 < rows; r0 += group) {
-            int64_t count = rows - r0 < group ? rows - r0 : group;
-            const uint32_t *words = fill_words(buf, r0 * cols, count * cols, seed);
-            for (int64_t r = r0; r < r0 + count; ++r) {
-                const float *res = residual + (r % residual_rows) * cols, *xr = x + r * cols;
-                const uint32_t *w = words + (r - r0) * cols;
-                float *h = xhat + r * cols, *o = out + r * cols;
-                float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-                for (int64_t j = 0; j < cols; ++j) {
-                    h[j] = res[j] + (w[j] >= threshold ? xr[j] * scale : 0.0f);
-                    total += h[j];
-                }
-                float mean = total / (float)cols, squares = 0.0f;
-#pragma omp simd reduction(+ : squares)
-                for (int64_t j = 0; j < cols; ++j)
-                    squares += (h[j] - mean) * (h[j] - mean);
-                float inv = 1.0f / sqrtf(squares / (float)cols + eps);
-                rstd[r] = inv;
+    struct row_args a = {.cols = cols, .out = out, .xhat = xhat, .rstd = rstd, .residual = residual,
+                         .residual_rows = residual_n / cols, .x = x, .gamma = gamma, .beta = beta, .eps = eps,
+                         .scale = scale, .threshold = threshold};
+    for_each_row_group(rows, 0, seed, add_norm_group, &a);
+}
+
+/* The backward of one row; adds its shares of dgamma and dbeta. */
+static void add_norm_backward_row(const struct row_args *a, int64_t r, const uint32_t *w, float *dgamma,
+                                  float *dbeta) {
+    const int64_t cols = a->cols;
+    const float *dy = a->grad_out + r * cols, *h = a->xhat + r * cols, *gamma = a->gamma, scale = a->scale;
+    const uint32_t threshold = a->threshold;
+    float *gs = a->grad_sum + r * cols, *gx = a->grad_x + r * cols;
+    float mean_dh = 0.0f, mean_dhh = 0.0f;
+#pragma omp simd reduction(+ : mean_dh, mean_dhh)
+    for (int64_t j = 0; j < cols; ++j) {
+        float dh = dy[j] * gamma[j];
+        mean_dh += dh;
+        mean_dhh += dh * h[j];
+    }
+    mean_dh /= (float)cols;
+    mean_dhh /= (float)cols;
+    float inv = a->rstd[r];
 #pragma omp simd
-                for (int64_t j = 0; j < cols; ++j) {
-                    h[j] = (h[j] - mean) * inv;
-                    o[j] = h[j] * gamma[j] + beta[j];
-                }
-            }
-        }
+    for (int64_t j = 0; j < cols; ++j) {
+        float ds = inv * (dy[j] * gamma[j] - mean_dh - h[j] * mean_dhh);
+        gs[j] = ds;
+        gx[j] = w[j] >= threshold ? ds * scale : 0.0f;
+        dgamma[j] += dy[j] * h[j];
+        dbeta[j] += dy[j];
     }
 }
 
+static void add_norm_backward_group(const struct row_args *a, int64_t r0, int64_t count, const uint32_t *words) {
+    const int64_t cols = a->cols;
+    float *dgamma = a->partial + (r0 / rows_per_group(cols)) * 2 * cols, *dbeta = dgamma + cols;
+    memset(dgamma, 0, 2 * (size_t)cols * sizeof *dgamma);
+    for (int64_t r = r0; r < r0 + count; ++r)
+        add_norm_backward_row(a, r, words + (r - r0) * cols, dgamma, dbeta);
+}
+
 /* Backward of the block above. grad_sum = dL/d(residual + dropped x) [rows, cols], grad_x = grad_sum *
- * keep * scale [rows, cols], and per block of `group` rows (group = max(1, 4096 / cols), in row order)
- * partial[block] = (sum_r dy * xhat, sum_r dy) [2, cols], the block's share of dgamma and dbeta. */
+ * keep * scale [rows, cols], and per group of rows_per_group(cols) rows (max(1, 4096 / cols), in row
+ * order) partial[group] = (sum_r dy * xhat, sum_r dy) [2, cols], the group's share of dgamma, dbeta. */
 void add_dropout_layernorm_backward(float *grad_sum, float *grad_x, float *partial, const float *grad_out,
                                     const float *xhat, const float *rstd, const float *gamma, int64_t rows,
                                     int64_t cols, float scale, uint64_t seed, uint32_t threshold) {
-    int64_t group = cols < BLOCK_WORDS ? BLOCK_WORDS / cols : 1;
-#pragma omp parallel
-    {
-        uint32_t buf[group * cols + 2 * WORDS_PER_CALL];
-#pragma omp for schedule(static)
-        for (int64_t r0 = 0; r0 < rows; r0 += group) {
-            int64_t count = rows - r0 < group ? rows - r0 : group;
-            const uint32_t *words = fill_words(buf, r0 * cols, count * cols, seed);
-            float *dgamma = partial + (r0 / group) * 2 * cols, *dbeta = dgamma + cols;
-            memset(dgamma, 0, 2 * (size_t)cols * sizeof *dgamma);
-            for (int64_t r = r0; r < r0 + count; ++r) {
-                const float *dy = grad_out + r * cols, *h = xhat + r * cols;
-                const uint32_t *w = words + (r - r0) * cols;
-                float *gs = grad_sum + r * cols, *gx = grad_x + r * cols;
-                float mean_dh = 0.0f, mean_dhh = 0.0f;
-#pragma omp simd reduction(+ : mean_dh, mean_dhh)
-                for (int64_t j = 0; j < cols; ++j) {
-                    float dh = dy[j] * gamma[j];
-                    mean_dh += dh;
-                    mean_dhh += dh * h[j];
-                }
-                mean_dh /= (float)cols;
-                mean_dhh /= (float)cols;
-                float inv = rstd[r];
-#pragma omp simd
-                for (int64_t j = 0; j < cols; ++j) {
-                    float ds = inv * (dy[j] * gamma[j] - mean_dh - h[j] * mean_dhh);
-                    gs[j] = ds;
-                    gx[j] = w[j] >= threshold ? ds * scale : 0.0f;
-                    dgamma[j] += dy[j] * h[j];
-                    dbeta[j] += dy[j];
-                }
-            }
-        }
-    }
+    /* xhat and rstd are only read here (the struct's fields are writable for the forward) */
+    struct row_args a = {.cols = cols, .grad_sum = grad_sum, .grad_x = grad_x, .partial = partial,
+                         .grad_out = grad_out, .xhat = (float *)xhat, .rstd = (float *)rstd, .gamma = gamma,
+                         .scale = scale, .threshold = threshold};
+    for_each_row_group(rows, 0, seed, add_norm_backward_group, &a);
 }
