@@ -190,7 +190,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path, caplog):
         warnings = [r.message for r in caplog.records if "fused CPU dropout kernels unavailable" in r.message]
         assert len(warnings) == 1 and "failed" in warnings[0]
         assert not list(tmp_path.iterdir())  # no half-written library left behind
-        assert dropout_mod.uses_kernels(torch.zeros(1)) is False
+        assert dropout_mod.uses_kernels(0.1, torch.zeros(1)) is False
     finally:
         fused_kernels.forget()
 
@@ -239,3 +239,11 @@ def test_add_dropout_norm_outside_training_is_the_plain_layernorm():
     norm = torch.nn.LayerNorm(8)
     residual, x = torch.randn(4, 8), torch.randn(4, 8)
     assert torch.equal(add_dropout_norm(residual, x, 0.3, False, norm), norm(residual + x))
+
+
+def test_kernels_are_not_used_where_the_threshold_or_dtype_does_not_fit():
+    x = torch.ones(4, 5)
+    assert dropout_mod.uses_kernels(0.1, x)
+    assert not dropout_mod.uses_kernels(1 - 1e-12, x)  # round(p * 2**32) == 2**32: all dropped
+    assert not dropout_mod.uses_kernels(0.1, x.double())
+    torch.testing.assert_close(dropout(x, 1 - 1e-12, True), torch.zeros_like(x))

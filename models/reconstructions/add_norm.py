@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from models.reconstructions import fused_kernels
-from models.reconstructions.dropout import draw_seed, drop_threshold, dropout_add, tiles, uses_cpu_masks, uses_kernels
+from models.reconstructions.dropout import dropout_add, new_mask, tiles, uses_cpu_masks, uses_kernels
 
 
 def add_dropout_norm(residual, x, p, training, norm):
@@ -30,15 +30,14 @@ def _fusable(residual, x, p, training, norm):
         and norm.bias is not None
         and tuple(norm.normalized_shape) == (x.shape[-1],)
         and tiles(residual, x)
-        and drop_threshold(p) < 2**32
-        and uses_kernels(residual, x, norm.weight, norm.bias)
+        and uses_kernels(p, residual, x, norm.weight, norm.bias)
     )
 
 
 class _AddDropoutNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, residual, x, weight, bias, p, eps):
-        ctx.seed, ctx.threshold, ctx.scale = draw_seed(), drop_threshold(p), 1.0 / (1.0 - p)
+        ctx.seed, ctx.threshold, ctx.scale = new_mask(p)
         out, xhat, rstd = fused_kernels.add_dropout_layernorm(
             residual, x, weight.contiguous(), bias.contiguous(), eps, ctx.scale, ctx.seed, ctx.threshold
         )

@@ -78,7 +78,7 @@ def _keep_source(q, k, v, attn_mask, p):
     weights is kept exactly when `keep_mask`'s element e would be, with the same draw."""
     batch, length, heads = k.shape[0], q.shape[1], q.shape[2]
     additive = attn_mask is None or attn_mask.dtype == torch.float32
-    if additive and uses_kernels(q, k, v) and drop_threshold(p) < 2**32:
+    if additive and uses_kernels(p, q, k, v):
         return draw_seed(), drop_threshold(p)
     return keep_mask((batch * heads, length, k.shape[1]), p).view(torch.uint8)
 

@@ -26,9 +26,14 @@ def uses_cpu_masks(x, p, training):
     return training and 0.0 < p < 1.0 and x.device.type == "cpu"
 
 
-def uses_kernels(*tensors):
-    """Whether the fused kernels apply: all tensors float32 and the library built."""
-    return all(t.dtype == torch.float32 for t in tensors) and fused_kernels.library() is not None
+def uses_kernels(p, *tensors):
+    """Whether the fused kernels apply to dropout with probability p of these tensors: all float32, the
+    threshold round(p * 2**32) fits 32 bits, and the library is built."""
+    return (
+        all(t.dtype == torch.float32 for t in tensors)
+        and drop_threshold(p) < 2**32
+        and fused_kernels.library() is not None
+    )
 
 
 def drop_threshold(p):
@@ -41,11 +46,16 @@ def draw_seed():
     return int(torch.empty((), dtype=torch.int64).random_(0, None))
 
 
+def new_mask(p):
+    """(seed, threshold, 1 / (1 - p)) of a fresh kernel mask: what a Function keeps for its backward."""
+    return draw_seed(), drop_threshold(p), 1.0 / (1.0 - p)
+
+
 def dropout(x, p, training):
     """Inverted dropout with keep probability 1 - p (rounded as `keep_mask`); F.dropout off the CPU."""
     if not uses_cpu_masks(x, p, training):
         return F.dropout(x, p, True) if training and p > 0.0 else x
-    if uses_kernels(x) and drop_threshold(p) < 2**32:
+    if uses_kernels(p, x):
         return _Dropout.apply(x.contiguous(), p)
     return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
 
@@ -55,7 +65,7 @@ def dropout_add(residual, x, p, training):
     over x's leading dimensions (the decoder's query [L, E] shared by a batch [B, L, E])."""
     if not uses_cpu_masks(x, p, training):
         return residual + dropout(x, p, training)
-    if uses_kernels(residual, x) and tiles(residual, x) and drop_threshold(p) < 2**32:
+    if uses_kernels(p, residual, x) and tiles(residual, x):
         return _DropoutAdd.apply(residual.contiguous(), x.contiguous(), p)
     return torch.addcmul(residual, x, keep_mask(x.shape, p, x.dtype), value=1.0 / (1.0 - p))
 
@@ -101,7 +111,7 @@ def relu_keep(x, p):
 class _ReluKeep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p):
-        if uses_kernels(x) and drop_threshold(p) < 2**32:
+        if uses_kernels(p, x):
             out = fused_kernels.relu_keep(x.contiguous(), draw_seed(), drop_threshold(p))
         else:  # in place on the fresh relu output; the uint8 mask needs no float copy
             out = x.clamp_min(0).mul_(keep_mask(x.shape, p).view(torch.uint8))
@@ -119,7 +129,7 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, p):
-        ctx.seed, ctx.threshold, ctx.scale = draw_seed(), drop_threshold(p), 1.0 / (1.0 - p)
+        ctx.seed, ctx.threshold, ctx.scale = new_mask(p)
         return fused_kernels.dropout_scale(x, ctx.scale, ctx.seed, ctx.threshold)
 
     @staticmethod
@@ -132,7 +142,7 @@ class _DropoutAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, residual, x, p):
-        ctx.seed, ctx.threshold, ctx.scale = draw_seed(), drop_threshold(p), 1.0 / (1.0 - p)
+        ctx.seed, ctx.threshold, ctx.scale = new_mask(p)
         ctx.residual_shape = residual.shape
         return fused_kernels.dropout_add(residual, x, ctx.scale, ctx.seed, ctx.threshold)
 
